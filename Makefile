@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:
+#   make train   # a GROKtimizer run on the embedded default task (CPU is fine, no account)
+#   make test    # the test suite
+# Both create .venv on first use. torch is pinned to a release whose Linux wheel on PyPI is the
+# CUDA build (GPU users get CUDA); machines with a local CPU wheel of it take that in seconds.
+# Override with e.g.  make train TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv train test lint format bench clean-outputs \
+	table1 table2 table3 table4 table5 table_fair reproduce tables
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) train.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests train.py bench scripts
+	$(VENV)/bin/ruff format --check src tests train.py bench scripts
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests train.py bench scripts
+	$(VENV)/bin/ruff check --fix src tests train.py bench scripts

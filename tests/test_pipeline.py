@@ -1,0 +1,214 @@
+"""The Hydra pipeline: every config composes, every dataset trains, runs resume exactly."""
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from groktimizer import runio
+from groktimizer.config import ConfigError, validate
+from groktimizer.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# dataset -> the models that make sense for it
+PAIRS = {
+    "modular_add": ["mlp", "transformer"],
+    "modular_sub": ["mlp", "transformer"],
+    "modular_mul": ["mlp", "transformer"],
+    "modular_div": ["mlp", "transformer"],
+    "modular_quad": ["mlp", "transformer"],
+    "modular": ["mlp", "transformer"],
+    "sparse_parity": ["mlp"],
+    "linear_regression": ["linear", "mlp"],
+    "digits": ["mlp", "mlp_large_init"],
+    "mnist": ["mlp_large_init"],
+}
+TINY = {
+    "modular_add": ["dataset.p=7", "dataset.train_fraction=0.5"],
+    "modular_sub": ["dataset.p=7", "dataset.train_fraction=0.5"],
+    "modular_mul": ["dataset.p=7", "dataset.train_fraction=0.5"],
+    "modular_div": ["dataset.p=7", "dataset.train_fraction=0.5"],
+    "modular_quad": ["dataset.p=7", "dataset.train_fraction=0.5"],
+    "modular": ["dataset.p=7", "dataset.train_fraction=0.5"],
+    "sparse_parity": ["dataset.n_bits=10", "dataset.n_train=64", "dataset.n_val=64"],
+    "linear_regression": ["dataset.n=10", "dataset.d=30", "dataset.n_val=20"],
+    "digits": ["dataset.n_train=50"],
+    "mnist": ["dataset.n_train=20", "dataset.n_val=10"],
+}
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_dataset_has_a_model_pairing():
+    assert sorted(PAIRS) == group_options("dataset")
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path):
+    import numpy as np
+    from datasets import Dataset, DatasetDict, Features, Image, Value
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (28, 28), dtype=np.uint8) for _ in range(40)]
+    labels = [int(i % 10) for i in range(40)]
+    feats = Features({"image": Image(), "label": Value("int64")})
+    split = Dataset.from_dict({"image": imgs, "label": labels}, features=feats)
+    path = tmp_path / "mnist_local"
+    DatasetDict({"train": split, "test": split}).save_to_disk(str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "dataset,model", [(d, m) for d, models in PAIRS.items() for m in models]
+)
+def test_compose_and_train_tiny(compose, tmp_path, tiny_mnist, dataset, model):
+    extra = list(TINY[dataset])
+    if dataset == "mnist":
+        extra.append(f"dataset.source={tiny_mnist}")
+    if model in ("linear",) or dataset == "linear_regression":
+        extra += ["optimizer=cdm", "optimizer.lr=0.1"]
+    cfg = compose(
+        f"dataset={dataset}", f"model={model}", "trainer=smoke", "trainer.max_steps=20", *extra
+    )
+    validate(cfg)
+    results = Trainer(cfg, tmp_path / "run").train()
+    (res,) = results
+    assert res["status"] in ("completed", "reached-target")
+    rows = runio.MetricsLog(tmp_path / "run" / runio.METRICS).read()
+    assert [r["step"] for r in rows] == [0, 10, 20][: len(rows)]
+    assert all(0.0 <= r["train_acc"] <= 1.0 for r in rows)
+    saved = runio.read_json(tmp_path / "run" / runio.RESULTS)
+    assert saved["config"]["dataset"] == yaml.safe_load(
+        (tmp_path / "run" / runio.CONFIG).read_text()
+    )["dataset"]
+
+
+@pytest.mark.parametrize("group", ["optimizer", "schedule", "grad_filter", "logger", "trainer"])
+def test_every_option_composes_and_validates(compose, group):
+    for option in group_options(group):
+        overrides = [f"{group}={option}"]
+        cfg = compose(*overrides)
+        validate(cfg)
+
+
+def test_every_experiment_composes(compose):
+    for option in group_options("experiment"):
+        cfg = compose(f"+experiment={option}")
+        validate(cfg)
+        assert cfg.experiment_name == option or cfg.experiment_name.startswith(option)
+
+
+def test_default_run_writes_its_files(compose, tmp_path):
+    cfg = compose("trainer.max_steps=30", "trainer.plots=true", "trainer.eval_every=10")
+    (res,) = Trainer(cfg, tmp_path).train()
+    for name in ("config.yaml", "metrics.jsonl", "results.json", "curves.png", "checkpoint.pt"):
+        assert (tmp_path / name).exists(), name
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for key in (
+        "status",
+        "t_interp",
+        "t_switch",
+        "t_gen95",
+        "t_gen99",
+        "final_train_acc",
+        "final_val_acc",
+        "final_train_loss",
+        "final_val_loss",
+        "final_weight_norm",
+        "wall_time_s",
+        "steps",
+        "code",
+        "config",
+    ):
+        assert key in saved, key
+    assert saved["steps"] == 30
+    assert saved["code"]["torch_version"]
+    assert saved["config"]["optimizer"]["name"] == "cdm"
+
+
+def _interrupt_at(trainer: Trainer, step: int) -> None:
+    original = trainer._forward_backward
+
+    def hooked(members):
+        if trainer.step == step:
+            trainer._stop_signal = signal.SIGTERM
+        return original(members)
+
+    trainer._forward_backward = hooked
+
+
+STRIP = ("wall_time_s", "code", "events")
+
+
+def _strip(res: dict) -> dict:
+    return {k: v for k, v in res.items() if k not in STRIP}
+
+
+@pytest.mark.parametrize("stop_at", [15, 45])  # phase 1, and mid-phase 2
+def test_resume_matches_uninterrupted_run(compose, tmp_path, stop_at):
+    overrides = [
+        "dataset.p=23",
+        "schedule.switch.criterion=step",
+        "schedule.switch.step=30",
+        "trainer.max_steps=80",
+        "trainer.eval_every=5",
+        "trainer.checkpoint_every=20",
+        "trainer.plots=false",
+        "trainer.stop_at_target=false",
+    ]
+    (full,) = Trainer(compose(*overrides), tmp_path / "a").train()
+
+    t = Trainer(compose(*overrides), tmp_path / "b")
+    _interrupt_at(t, stop_at)
+    (part,) = t.train()
+    assert part["status"] == "interrupted"
+    assert t.exit_code == 143
+    (resumed,) = Trainer(compose(*overrides), tmp_path / "b").train()
+
+    assert full["t_switch"] == 30
+    assert _strip(resumed) == _strip(full)
+    rows_a = runio.MetricsLog(tmp_path / "a" / runio.METRICS).read()
+    rows_b = runio.MetricsLog(tmp_path / "b" / runio.METRICS).read()
+    assert rows_a == rows_b
+
+
+def test_wandb_offline_summary_holds_t_gen99(compose, tmp_path):
+    cfg = compose(
+        "logger=wandb", "trainer.max_steps=20", "trainer.plots=false", "trainer.eval_every=10"
+    )
+    (res,) = Trainer(cfg, tmp_path).train()
+    summaries = list(tmp_path.glob("wandb/offline-run-*/files/wandb-summary.json"))
+    assert len(summaries) == 1
+    summary = json.loads(summaries[0].read_text())
+    assert "t_gen99" in summary and summary["t_gen99"] == res["t_gen99"]
+    assert summary["status"] == res["status"]
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("optimizer.damping=0", "optimizer.damping"),
+        ("optimizer.damping=-1", "optimizer.damping"),
+        ("optimizer.weight_decay=-0.1", "optimizer.weight_decay"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("trainer.eval_every=0", "trainer.eval_every"),
+        ("trainer.dtype=float16", "trainer.dtype"),
+        ("schedule.switch.criterion=never_ever", "schedule.switch.criterion"),
+        ("optimizer.name=lion", "optimizer.name"),
+        ("grad_filter.kind=median", "grad_filter.kind"),
+        ("logger.mode=sometimes", "logger.mode"),
+    ],
+)
+def test_bad_values_fail_validation_with_one_line(compose, override, needle):
+    cfg = compose(override)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg and "accepted" in msg
