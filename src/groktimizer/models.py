@@ -1,0 +1,235 @@
+"""Models for the grokking experiments: MLP, the progress-measures transformer, linear.
+
+Each model class is also its own factory: ``Model(data, **options)`` reads the input and output
+sizes from a :class:`~groktimizer.data.TaskData`, so a config with ``_partial_: true`` gives the
+``make(data) -> nn.Module`` the trainer expects. Every module maps a batch of inputs to
+``[N, out_dim]``. Forward passes are pure (no in-place updates of parameters, no ``.item()``), so
+they run under ``torch.func.functional_call`` and ``vmap``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from groktimizer.data import TaskData
+
+__all__ = ["ACTIVATIONS", "MLP", "Transformer", "Linear", "MODELS", "build_model"]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "identity": nn.Identity,
+}
+
+
+def _require_input(data: TaskData, kind: str, model: str) -> None:
+    if data.input_kind != kind:
+        raise ValueError(
+            f"model {model!r} needs {'token' if kind == 'tokens' else 'feature'} inputs; "
+            f"dataset {data.name!r} gives {data.input_kind}"
+        )
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"Invalid {name}: {value!r} (accepted: an int >= {low})")
+
+
+def _check_init_scale(init_scale: Any) -> None:
+    if not isinstance(init_scale, (int, float)) or isinstance(init_scale, bool) or init_scale < 0:
+        raise ValueError(f"Invalid init_scale: {init_scale!r} (accepted: a number >= 0)")
+
+
+@torch.no_grad()
+def _scale_parameters(module: nn.Module, init_scale: float) -> None:
+    # Omnigrok's large-init setup multiplies every parameter (weights, biases, embeddings).
+    if init_scale != 1.0:
+        for p in module.parameters():
+            p.mul_(init_scale)
+
+
+class MLP(nn.Module):
+    """``depth`` hidden layers of ``width`` units with ``activation``, then a linear readout.
+
+    Token inputs ``[N, L]`` are embedded per position with one shared ``nn.Embedding(vocab,
+    embed_dim)`` and concatenated to ``[N, L * embed_dim]`` (for a+b mod p: the operand pair as
+    two one-hot codes through one shared linear map); feature inputs go in as they are.
+    After PyTorch's default init every parameter is multiplied by ``init_scale`` (Omnigrok: x8).
+    ``depth=0`` is a linear (or embedding + linear) model.
+    """
+
+    def __init__(
+        self,
+        data: TaskData,
+        depth: int = 2,
+        width: int = 512,
+        activation: str = "relu",
+        init_scale: float = 1.0,
+        bias: bool = True,
+        embed_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        _check_int("depth", depth, 0)
+        _check_int("width", width, 1)
+        _check_int("embed_dim", embed_dim, 1)
+        _check_init_scale(init_scale)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Invalid activation: {activation!r} (accepted: {list(ACTIVATIONS)})")
+
+        if data.input_kind == "tokens":
+            self.embed: nn.Embedding | None = nn.Embedding(data.vocab_size, embed_dim)
+            fan_in = data.seq_len * embed_dim
+        else:
+            self.embed = None
+            fan_in = data.in_dim
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width, bias=bias), ACTIVATIONS[activation]()]
+            fan_in = width
+        layers.append(nn.Linear(fan_in, data.out_dim, bias=bias))
+        self.net = nn.Sequential(*layers)
+        _scale_parameters(self, init_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embed is not None:
+            x = self.embed(x).flatten(start_dim=1)
+        return self.net(x)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal attention without biases: ``softmax(QK^T / sqrt(d_head)) V W_O``."""
+
+    def __init__(self, d_model: int, n_heads: int, max_len: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+        mask = torch.tril(torch.ones(max_len, max_len, dtype=torch.bool))
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        # [N, L, D] -> [N, heads, L, d_head]
+        q, k, v = (t.view(n, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        att = att.masked_fill(~self.mask[:length, :length], float("-inf"))
+        y = att.softmax(dim=-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(n, length, d))
+
+
+class Block(nn.Module):
+    """Residual attention block then residual ReLU MLP (optional pre-LayerNorm)."""
+
+    def __init__(
+        self, d_model: int, n_heads: int, d_mlp: int, max_len: int, layer_norm: bool
+    ) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+        self.attn = CausalSelfAttention(d_model, n_heads, max_len)
+        self.ln2 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+        self.mlp_in = nn.Linear(d_model, d_mlp)
+        self.mlp_out = nn.Linear(d_mlp, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp_out(F.relu(self.mlp_in(self.ln2(x))))
+
+
+class Transformer(nn.Module):
+    """The grokking transformer of the progress-measures reference (Nanda et al. 2023).
+
+    Token embedding + learned positional embedding, ``n_layers`` blocks of causal attention and
+    a ReLU MLP on the residual stream, no LayerNorm by default, unembedding without bias; the
+    output is the logits ``[N, out_dim]`` at the last position (the '=' token). Init as in the
+    reference: every matrix and embedding ``N(0, 1/d_model)``, the unembedding
+    ``N(0, 1/out_dim)``, MLP biases zero, LayerNorm (when on) gain 1 and bias 0; then every
+    parameter times ``init_scale``.
+    """
+
+    def __init__(
+        self,
+        data: TaskData,
+        n_layers: int = 1,
+        d_model: int = 128,
+        n_heads: int = 4,
+        d_mlp: int = 512,
+        layer_norm: bool = False,
+        max_len: int | None = None,
+        init_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        _require_input(data, "tokens", "transformer")
+        _check_int("n_layers", n_layers, 1)
+        _check_int("d_model", d_model, 1)
+        _check_int("n_heads", n_heads, 1)
+        if d_model % n_heads:
+            raise ValueError(f"Invalid n_heads: {n_heads} (must divide d_model = {d_model})")
+        _check_int("d_mlp", d_mlp, 1)
+        max_len = data.seq_len if max_len is None else max_len
+        _check_int("max_len", max_len, data.seq_len)
+        _check_init_scale(init_scale)
+
+        self.embed = nn.Embedding(data.vocab_size, d_model)
+        self.pos = nn.Embedding(max_len, d_model)
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_heads, d_mlp, max_len, layer_norm) for _ in range(n_layers)
+        )
+        self.ln_f = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+        self.unembed = nn.Linear(d_model, data.out_dim, bias=False)
+        self.register_buffer("positions", torch.arange(max_len), persistent=False)
+        self._init_weights(d_model, data.out_dim)
+        _scale_parameters(self, init_scale)
+
+    @torch.no_grad()
+    def _init_weights(self, d_model: int, out_dim: int) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, 1.0 / math.sqrt(d_model))
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+        self.unembed.weight.normal_(0.0, 1.0 / math.sqrt(out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) + self.pos(self.positions[: x.shape[1]])
+        for block in self.blocks:
+            h = block(h)
+        return self.unembed(self.ln_f(h[:, -1]))
+
+
+class Linear(nn.Module):
+    """``y = x W^T (+ b)`` on feature inputs; ``init_scale=0`` starts at zero (the usual start
+    for least squares, from which gradient descent converges to the min-norm interpolant)."""
+
+    def __init__(self, data: TaskData, bias: bool = False, init_scale: float = 1.0) -> None:
+        super().__init__()
+        _require_input(data, "features", "linear")
+        _check_init_scale(init_scale)
+        self.linear = nn.Linear(data.in_dim, data.out_dim, bias=bias)
+        _scale_parameters(self, init_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "transformer": Transformer,
+    "linear": Linear,
+}
+
+
+def build_model(name: str, data: TaskData, **kwargs: Any) -> nn.Module:
+    """``MODELS[name](data, **kwargs)``, with a clear error for an unknown name or a bad pair."""
+    if name not in MODELS:
+        raise ValueError(f"Invalid model: {name!r} (accepted: {sorted(MODELS)})")
+    return MODELS[name](data, **kwargs)
