@@ -1,0 +1,167 @@
+"""Hessian-vector products, top-eigenvalue estimates, and the automatic phase-2 step size.
+
+``loss_fn()`` must return the loss (a scalar with graph) on the batch whose curvature is wanted,
+typically the full training set. Hessian-vector products use double backward:
+``Hv = ∇(∇L · v)``; nothing is written into ``.grad``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["hvp", "top_eigenvalue", "lanczos_top_eigenvalues", "auto_lr"]
+
+LossFn = Callable[[], Tensor]
+
+
+def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
+
+
+class _HessianOperator:
+    """Builds the gradient graph once; each ``__call__`` is one extra backward pass."""
+
+    def __init__(self, loss_fn: LossFn, params: Sequence[Tensor]) -> None:
+        self.params = list(params)
+        with torch.enable_grad():
+            loss = loss_fn()
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        # A gradient without graph (unused or linear parameter) has a zero Hessian row block.
+        self.live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        self.grads = [grads[i] for i in self.live]
+
+    def __call__(self, v: Sequence[Tensor]) -> list[Tensor]:
+        if not self.live:
+            return [torch.zeros_like(p) for p in self.params]
+        with torch.enable_grad():
+            hv = torch.autograd.grad(
+                self.grads,
+                self.params,
+                grad_outputs=[v[i] for i in self.live],
+                retain_graph=True,
+                allow_unused=True,
+            )
+        return [
+            torch.zeros_like(p) if h is None else h.detach()
+            for p, h in zip(self.params, hv, strict=True)
+        ]
+
+
+def hvp(loss_fn: LossFn, params: Sequence[Tensor], v: Sequence[Tensor]) -> list[Tensor]:
+    """Hessian-vector product ``H v`` of ``loss_fn()`` w.r.t. ``params`` (double backward)."""
+    return _HessianOperator(loss_fn, params)(v)
+
+
+def _random_unit(params: Sequence[Tensor], seed: int) -> list[Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
+    norm = torch.sqrt(_dot(v, v))
+    return [x / norm for x in v]
+
+
+def top_eigenvalue(
+    loss_fn: LossFn,
+    params: Sequence[Tensor],
+    iters: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+) -> tuple[float, int]:
+    """Power iteration on the Hessian: returns (Rayleigh quotient ``vᵀHv``, iterations used).
+
+    Stops when the relative change of the Rayleigh quotient drops below ``tol`` or after
+    ``iters`` iterations. The estimate is the eigenvalue of largest magnitude (signed).
+    """
+    if not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"top_eigenvalue: iters must be an int >= 1, got {iters!r}")
+    if not tol > 0:
+        raise ValueError(f"top_eigenvalue: tol must be a float > 0, got {tol!r}")
+    params = [p for p in params if p.requires_grad]
+    op = _HessianOperator(loss_fn, params)
+    v = _random_unit(params, seed)
+    eig = math.nan
+    for it in range(1, iters + 1):
+        hv = op(v)
+        new = float(_dot(v, hv))
+        norm = float(torch.sqrt(_dot(hv, hv)))
+        if norm == 0.0:
+            return 0.0, it
+        v = [h / norm for h in hv]
+        if it > 1 and abs(new - eig) < tol * abs(new):
+            return new, it
+        eig = new
+    return eig, iters
+
+
+def lanczos_top_eigenvalues(
+    loss_fn: LossFn,
+    params: Sequence[Tensor],
+    k: int = 1,
+    iters: int = 30,
+    seed: int = 0,
+) -> list[float]:
+    """Top-``k`` Ritz values of the Hessian by Lanczos with full reorthogonalisation.
+
+    Converges much faster than power iteration when the top eigenvalues are close. Costs
+    ``iters`` Hessian-vector products and ``iters`` stored vectors.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"lanczos_top_eigenvalues: k must be an int >= 1, got {k!r}")
+    if not isinstance(iters, int) or iters < k:
+        raise ValueError(f"lanczos_top_eigenvalues: iters must be an int >= k, got {iters!r}")
+    params = [p for p in params if p.requires_grad]
+    op = _HessianOperator(loss_fn, params)
+    flat = lambda xs: torch.cat([x.reshape(-1) for x in xs]).double()  # noqa: E731
+    q = flat(_random_unit(params, seed))
+    basis: list[Tensor] = [q]
+    alphas: list[float] = []
+    betas: list[float] = []
+    shapes = [(p.shape, p.numel(), p.dtype) for p in params]
+
+    def unflat(x: Tensor) -> list[Tensor]:
+        out, i = [], 0
+        for (shape, n, dtype), p in zip(shapes, params, strict=True):
+            out.append(x[i : i + n].reshape(shape).to(dtype=dtype, device=p.device))
+            i += n
+        return out
+
+    for j in range(iters):
+        w = flat(op(unflat(basis[j]))).to(q.device)
+        alpha = float(w @ basis[j])
+        alphas.append(alpha)
+        Q = torch.stack(basis)
+        w = w - Q.T @ (Q @ w)  # full reorthogonalisation against every Lanczos vector
+        w = w - Q.T @ (Q @ w)
+        beta = float(w.norm())
+        if j == iters - 1 or beta < 1e-10 * max(1.0, abs(alpha)):
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    m = len(alphas)
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    eigs = torch.linalg.eigvalsh(T).flip(0)
+    return [float(e) for e in eigs[:k]]
+
+
+def auto_lr(h_max: float, weight_decay: float, safety: float = 0.5) -> float:
+    """Phase-2 step size ``η = c / (|h_max| + λ)`` with c = ``safety``.
+
+    Heavy ball is stable on a mode of curvature h + λ while ``η(h + λ) < 2(1 + β)``; c ≤ 1 keeps
+    the steepest mode well inside that bound.
+    """
+    if not safety > 0:
+        raise ValueError(f"auto_lr: safety must be a float > 0, got {safety!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"auto_lr: weight_decay must be a float >= 0, got {weight_decay!r}")
+    curvature = abs(h_max) + weight_decay
+    if not math.isfinite(curvature) or curvature <= 0:
+        raise ValueError(
+            f"auto_lr: |h_max| + weight_decay must be finite and > 0, got {curvature!r}"
+        )
+    return safety / curvature
