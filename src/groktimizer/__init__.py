@@ -1,0 +1,51 @@
+"""GROKtimizer: biphasic optimization with Critically Damped Momentum for fast grokking.
+
+The library part (optimizers, switch criteria, curvature, filters) imports only torch: no Hydra,
+W&B or datasets, so it can be used in any training loop.
+"""
+
+from .adam_cdm import AdamCDM
+from .biphasic import GROKtimizer, default_phase1
+from .cdm import CDM, critical_momentum
+from .curvature import auto_lr, hvp, lanczos_top_eigenvalues, top_eigenvalue
+from .filters import FilteredOptimizer, GradFilter, GradFilterEMA, GradFilterMA
+from .param_groups import split_decay_groups
+from .switch import (
+    AccuracySwitch,
+    AllSwitch,
+    AnySwitch,
+    LossSwitch,
+    NeverSwitch,
+    RhoSwitch,
+    StepSwitch,
+    SwitchCriterion,
+    make_switch,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CDM",
+    "AdamCDM",
+    "GROKtimizer",
+    "critical_momentum",
+    "default_phase1",
+    "SwitchCriterion",
+    "AccuracySwitch",
+    "LossSwitch",
+    "StepSwitch",
+    "RhoSwitch",
+    "AnySwitch",
+    "AllSwitch",
+    "NeverSwitch",
+    "make_switch",
+    "hvp",
+    "top_eigenvalue",
+    "lanczos_top_eigenvalues",
+    "auto_lr",
+    "GradFilter",
+    "GradFilterEMA",
+    "GradFilterMA",
+    "FilteredOptimizer",
+    "split_decay_groups",
+]

@@ -1,0 +1,244 @@
+import functools
+import io
+
+import pytest
+import torch
+
+from groktimizer import (
+    CDM,
+    AccuracySwitch,
+    AdamCDM,
+    GROKtimizer,
+    StepSwitch,
+    critical_momentum,
+    split_decay_groups,
+)
+
+
+def _task(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 6, generator=gen)
+    y = torch.randn(64, 2, generator=gen)
+    return x, y
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+
+def _train(model, opt, x, y, start, stop, switch_at=None):
+    for t in range(start, stop):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.observe(step=t + 1, train_loss=1.0)
+        if switch_at is not None and t + 1 == switch_at:
+            assert opt.phase == 2
+
+
+def test_phase1_is_adamw_wd0_then_phase2_is_cdm():
+    x, y = _task()
+    m1, m2 = _model(), _model()
+    opt = GROKtimizer(m1.parameters(), lr=0.05, weight_decay=1e-2, switch=StepSwitch(10))
+    adam = torch.optim.AdamW(m2.parameters(), lr=1e-3, weight_decay=0.0, betas=(0.9, 0.98))
+    for t in range(10):
+        for m, o in ((m1, opt), (m2, adam)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+        switched = opt.observe(step=t + 1)
+    assert switched and opt.phase == 2 and opt.switch_step == 10
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert opt.param_groups is opt.phase2.param_groups
+    assert isinstance(opt.phase2, CDM)
+    # Phase 2 continues exactly like a CDM started on the same weights.
+    cdm = CDM(m2.parameters(), lr=0.05, weight_decay=1e-2)
+    for _ in range(5):
+        for m, o in ((m1, opt), (m2, cdm)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert opt.num_steps == 15
+    assert not opt.observe(step=16)  # nothing more happens in phase 2
+
+
+def test_observe_switches_on_accuracy_with_patience():
+    opt = GROKtimizer(
+        _model().parameters(), lr=0.1, weight_decay=1e-3, switch=AccuracySwitch(0.99, patience=2)
+    )
+    assert not opt.observe(step=100, train_acc=1.0)
+    assert not opt.observe(step=200, train_acc=0.5)
+    assert not opt.observe(step=300, train_acc=1.0)
+    assert opt.observe(step=400, train_acc=1.0)
+    assert opt.switch_step == 400
+    with pytest.raises(RuntimeError, match="already"):
+        opt.switch()
+
+
+def test_param_groups_carry_phase2_decay_and_phase1_settings():
+    model = _model()
+    groups = split_decay_groups(model, weight_decay=1e-2)
+    for g in groups:
+        g["phase1"] = {"lr": 3e-3}
+    opt = GROKtimizer(groups, lr=0.1, weight_decay=1e-2)
+    assert [g["lr"] for g in opt.phase1.param_groups] == [3e-3, 3e-3]
+    assert [g["weight_decay"] for g in opt.phase1.param_groups] == [0.0, 0.0]
+    assert [g["weight_decay"] for g in opt.phase2.param_groups] == [1e-2, 0.0]
+    beta = critical_momentum(0.1, 1e-2)
+    assert [g["momentum_used"] for g in opt.phase2.param_groups] == [beta, beta]
+    decayed = {id(p) for p in opt.phase2.param_groups[0]["params"]}
+    assert decayed == {id(model[0].weight), id(model[2].weight)}
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"lr": 0.1, "weight_decay": 1e-2, "damping": 0.0}, "damping"),
+        ({"lr": 0.1, "weight_decay": 0.0}, "weight_decay > 0"),
+        ({"lr": -0.1, "weight_decay": 1e-2}, "lr"),
+        ({"lr": "fast", "weight_decay": 1e-2}, "lr"),
+        ({"weight_decay": 1e-2}, "lr"),
+        ({"lr": 0.1, "weight_decay": 1e-2, "lr_auto_safety": 0.0}, "lr_auto_safety"),
+        ({"lr": 0.1, "weight_decay": 1e-2, "switch": "accuracy"}, "switch"),
+        ({"phase2": functools.partial(CDM, lr=0.1, weight_decay=1e-2), "lr": 0.1}, "lr"),
+        (
+            {"lr": 0.1, "weight_decay": 1e-2, "phase1": functools.partial(torch.optim.Adam, lr=-1)},
+            "learning rate",
+        ),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        GROKtimizer(_model().parameters(), **kwargs)
+
+
+def _phase2_factories():
+    return {
+        "cdm": dict(lr=0.05, weight_decay=1e-2, damping=0.5),
+        "adam_cdm": dict(phase2=functools.partial(AdamCDM, lr=1e-3, weight_decay=1.0)),
+    }
+
+
+@pytest.mark.parametrize("which", ["cdm", "adam_cdm"])
+def test_checkpoint_mid_phase2_resumes_bit_identically(which):
+    x, y = _task(1)
+    kw = _phase2_factories()[which]
+    switch_at, ckpt_at, total = 15, 25, 40
+
+    ref_model = _model(3)
+    ref_opt = GROKtimizer(ref_model.parameters(), switch=StepSwitch(switch_at), **kw)
+    _train(ref_model, ref_opt, x, y, 0, total, switch_at)
+
+    model = _model(3)
+    opt = GROKtimizer(model.parameters(), switch=StepSwitch(switch_at), **kw)
+    _train(model, opt, x, y, 0, ckpt_at, switch_at)
+    assert opt.phase == 2
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    del model, opt
+
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=False)
+    model = _model(99)  # fresh weights, overwritten by the checkpoint
+    opt = GROKtimizer(model.parameters(), switch=StepSwitch(switch_at), **kw)
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    assert opt.phase == 2 and opt.switch_step == switch_at and opt.num_steps == ckpt_at
+    _train(model, opt, x, y, ckpt_at, total)
+
+    for a, b in zip(model.parameters(), ref_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert opt.num_steps == ref_opt.num_steps == total
+
+
+def test_adam_cdm_phase2_receives_adam_metric_at_switch():
+    x, y = _task(2)
+    model = _model(4)
+    opt = GROKtimizer(
+        model.parameters(),
+        phase2=functools.partial(AdamCDM, lr=1e-4, weight_decay=3.0),
+        switch=StepSwitch(5),
+    )
+    _train(model, opt, x, y, 0, 5)
+    assert opt.phase == 2 and opt.metric_carried == 4
+    for p in model.parameters():
+        assert torch.equal(opt.phase2.state[p]["exp_avg_sq"], opt.phase1.state[p]["exp_avg_sq"])
+        assert opt.phase2.state[p]["step"] == 5
+
+
+def test_auto_lr_on_a_quadratic():
+    eigs = torch.tensor([8.0, 3.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=torch.float64))
+    H = q @ torch.diag(eigs) @ q.T
+    w = torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)
+    wd, c = 1e-2, 0.5
+    opt = GROKtimizer([w], lr="auto", weight_decay=wd, lr_auto_safety=c, lr_auto_tol=1e-10)
+    with pytest.raises(ValueError, match="closure"):
+        opt.switch()
+    assert opt.phase == 1
+    opt.set_curvature_closure(lambda: 0.5 * w @ H @ w)
+    opt.switch()
+    rec = opt.auto_lr_record
+    assert rec["h_max"] == pytest.approx(8.0, rel=1e-3)
+    assert rec["lr"] == pytest.approx(c / (8.0 + wd), rel=1e-3)
+    assert opt.param_groups[0]["lr"] == rec["lr"]
+    assert opt.param_groups[0]["momentum_used"] == critical_momentum(rec["lr"], wd)
+    assert rec["safety"] == c and rec["iters"] >= 1
+
+    restored = GROKtimizer([w], lr="auto", weight_decay=wd)
+    restored.load_state_dict(opt.state_dict())
+    assert restored.auto_lr_record == rec and restored.param_groups[0]["lr"] == rec["lr"]
+
+
+def test_scheduler_and_clipping_see_the_active_phase():
+    model = _model()
+    opt = GROKtimizer(model.parameters(), lr=0.1, weight_decay=1e-2, switch=StepSwitch(1))
+    opt.switch()
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    x, y = _task()
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+    opt.step()
+    sched.step()
+    assert opt.phase2.param_groups[0]["lr"] == 0.05
+    opt.step()
+    assert opt.phase2.param_groups[0]["momentum_used"] == critical_momentum(0.05, 1e-2)
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.proj = torch.nn.Linear(4, 4)
+        self.ln = torch.nn.LayerNorm(4)
+        self.pos = torch.nn.Parameter(torch.zeros(3, 4))
+
+
+def test_split_decay_groups_excludes_biases_norms_and_optionally_embeddings():
+    m = _Tiny()
+    default = split_decay_groups(m, weight_decay=0.1)
+    assert [g["weight_decay"] for g in default] == [0.1, 0.0]
+    assert default[0]["param_names"] == ["pos", "embed.weight", "proj.weight"]
+    assert default[1]["param_names"] == ["proj.bias", "ln.weight", "ln.bias"]
+    no_embed = split_decay_groups(m, 0.1, exclude=("bias", "norm", "embed"))
+    assert no_embed[0]["param_names"] == ["pos", "proj.weight"]
+    everything = split_decay_groups(m, 0.1, exclude=(), exclude_1d=False)
+    assert len(everything) == 1 and len(everything[0]["params"]) == 6
+    with pytest.raises(ValueError, match="weight_decay"):
+        split_decay_groups(m, -1.0)
+    with pytest.raises(ValueError, match="exclude"):
+        split_decay_groups(m, 0.1, exclude="bias")
+
+
+def test_optimizer_wrappers_survive_deepcopy():
+    import copy
+
+    opt = GROKtimizer(_model().parameters(), lr=0.1, weight_decay=1e-2)
+    clone = copy.deepcopy(opt)
+    assert clone.phase == 1 and len(clone.param_groups) == 1
