@@ -163,6 +163,13 @@ class FilteredOptimizer(Optimizer):
         self.grad_filter = grad_filter
         _init_hooks(self)
 
+    # Optimizer's own pickling stores param_groups/state as attributes; these are views here.
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     @property
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
         return self.optimizer.param_groups
