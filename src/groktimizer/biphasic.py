@@ -11,6 +11,8 @@ Param groups given as dicts hold the phase-2 settings (e.g. ``{'params': biases,
 
 ``lr='auto'``: at the switch, power iteration on Hessian-vector products of the curvature closure
 estimates ``h_max`` and every phase-2 group gets ``η = c/(|h_max| + λ)``, ``c = lr_auto_safety``.
+The curvature is that of the raw loss: right for CDM, not for AdamCDM, whose steep modes see
+Adam's preconditioned curvature (give AdamCDM an explicit lr).
 """
 
 from __future__ import annotations
