@@ -2,9 +2,11 @@
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
+import wandb_files
 import yaml
 
 from groktimizer import runio
@@ -64,9 +66,7 @@ def tiny_mnist(tmp_path):
     return path
 
 
-@pytest.mark.parametrize(
-    "dataset,model", [(d, m) for d, models in PAIRS.items() for m in models]
-)
+@pytest.mark.parametrize("dataset,model", [(d, m) for d, models in PAIRS.items() for m in models])
 def test_compose_and_train_tiny(compose, tmp_path, tiny_mnist, dataset, model):
     extra = list(TINY[dataset])
     if dataset == "mnist":
@@ -84,9 +84,10 @@ def test_compose_and_train_tiny(compose, tmp_path, tiny_mnist, dataset, model):
     assert [r["step"] for r in rows] == [0, 10, 20][: len(rows)]
     assert all(0.0 <= r["train_acc"] <= 1.0 for r in rows)
     saved = runio.read_json(tmp_path / "run" / runio.RESULTS)
-    assert saved["config"]["dataset"] == yaml.safe_load(
-        (tmp_path / "run" / runio.CONFIG).read_text()
-    )["dataset"]
+    assert (
+        saved["config"]["dataset"]
+        == yaml.safe_load((tmp_path / "run" / runio.CONFIG).read_text())["dataset"]
+    )
 
 
 @pytest.mark.parametrize("group", ["optimizer", "schedule", "grad_filter", "logger", "trainer"])
@@ -183,11 +184,19 @@ def test_wandb_offline_summary_holds_t_gen99(compose, tmp_path):
         "logger=wandb", "trainer.max_steps=20", "trainer.plots=false", "trainer.eval_every=10"
     )
     (res,) = Trainer(cfg, tmp_path).train()
-    summaries = list(tmp_path.glob("wandb/offline-run-*/files/wandb-summary.json"))
-    assert len(summaries) == 1
-    summary = json.loads(summaries[0].read_text())
+    files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    summary = {}
+    for _ in range(50):  # W&B's service may still be flushing the run file
+        summary = wandb_files.summary(files[0])
+        if "t_gen99" in summary:
+            break
+        time.sleep(0.2)
     assert "t_gen99" in summary and summary["t_gen99"] == res["t_gen99"]
     assert summary["status"] == res["status"]
+    assert summary["final_val_acc"] == pytest.approx(res["final_val_acc"])
+    logged = [r for r in wandb_files.history(files[0]) if "val_acc" in r]
+    assert [r["_step"] for r in logged] == [0, 10, 20]
 
 
 @pytest.mark.parametrize(

@@ -101,18 +101,24 @@ def build_optimizer(o: Any, schedule: Any, model: nn.Module) -> Any:
     if schedule.kind == "single":
         return optimizer_factory(o)(groups)
     auto = isinstance(o.lr, str)
-    phase2 = None if auto and o.name == "cdm" else optimizer_factory(o)
+    # with lr="auto" phase 2 is built with a placeholder step that the switch replaces
+    phase2 = optimizer_factory(_with_lr(o, 1.0) if auto else o)
     return GROKtimizer(
         groups,
         phase1=phase1_factory(schedule.phase1),
         phase2=phase2,
-        lr=o.lr,
-        weight_decay=o.weight_decay,
-        damping=o.damping,
-        nesterov=o.nesterov,
+        lr="auto" if auto else None,
         switch=build_switch(schedule.switch, o.weight_decay),
         lr_auto_safety=o.lr_auto_safety,
     )
+
+
+def _with_lr(o: Any, lr: float) -> Any:
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(o) if OmegaConf.is_config(o) else dict(o)
+    node["lr"] = lr
+    return OmegaConf.create(node)
 
 
 def build_filter(g: Any) -> Any:

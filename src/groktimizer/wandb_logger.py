@@ -64,7 +64,9 @@ class WandbRun:
                 stacklevel=2,
             )
             try:
-                self.run = wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+                self.run = wandb.init(
+                    mode="offline", settings=wandb.Settings(silent=True), **kwargs
+                )
             except Exception as err2:  # noqa: BLE001
                 warnings.warn(f"wandb: offline init failed too ({err2})", stacklevel=2)
 
