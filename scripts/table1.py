@@ -157,7 +157,7 @@ def write_csv(path: Path, table, checks) -> None:
 
 def write_png(path: Path, table, problem: LinearRegressionProblem, eps: float) -> None:
     lams = sorted({r.lam for r in table.rows})
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, ax = plt.subplots(figsize=(8.4, 4.8))
     styles = {
         "gd": ("C0", "o"),
         "heavy_ball": ("C1", "s"),
@@ -192,7 +192,7 @@ def write_png(path: Path, table, problem: LinearRegressionProblem, eps: float) -
     ax.set_ylabel(rf"steps to relative error $\varepsilon={eps:g}$")
     ax.set_title(f"Quadratic speedup: linear regression n={problem.n}, d={problem.d}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
