@@ -31,8 +31,8 @@ def run(cfg: Any, run_dir: str | None = None) -> float:
         print(
             f"seed {res['seed']}: {res['status']} | steps {res['steps']} | "
             f"t_interp {res['t_interp']} | t_switch {res['t_switch']} | "
-            f"t_gen99 {res['t_gen99']} | val_acc {res['final_val_acc']:.4f} | "
-            f"norm {res['final_weight_norm']:.2f} | {res['wall_time_s']:.1f}s"
+            f"t_gen99 {res['t_gen99']} | val_acc {float(res['final_val_acc']):.4f} | "
+            f"norm {float(res['final_weight_norm']):.2f} | {res['wall_time_s']:.1f}s"
         )
     print(f"outputs: {trainer.run_dir}")
     if trainer.exit_code:
