@@ -36,3 +36,20 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests train.py bench scripts
 	$(VENV)/bin/ruff check --fix src tests train.py bench scripts
+
+# Paper tables: each runs its Hydra multirun (resuming unfinished jobs) and writes Markdown / CSV /
+# PNG. SCALE=smoke (default; minutes on a 2-core CPU, outputs/results/smoke/) or SCALE=full (the
+# real tables, outputs/results/). LAUNCHER=joblib runs jobs in parallel; MNIST=/path adds the
+# MNIST rows to table 4. `make tables` only rebuilds the tables from existing sweep outputs.
+SCALE ?= smoke
+REPRODUCE = $(PY) scripts/reproduce.py --scale $(SCALE) $(if $(LAUNCHER),--launcher $(LAUNCHER)) \
+	$(if $(MNIST),--mnist $(MNIST))
+
+table1 table2 table3 table4 table5: $(STAMP)
+	$(REPRODUCE) $@
+
+reproduce: $(STAMP)
+	$(REPRODUCE) all
+
+tables: $(STAMP)
+	$(REPRODUCE) --build-only all
