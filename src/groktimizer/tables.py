@@ -575,7 +575,7 @@ def figure_bars(table: Table, metric: str, path: Path, ylabel: str, log: bool = 
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    ax.set_title("hatched: median not reached within the budget; k/n✗: runs that did not reach")
+    ax.set_title("hatched: median run not there by the budget; k/n✗: runs not there", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
