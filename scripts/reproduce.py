@@ -121,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mnist", default=None, help="table4: a local MNIST copy (dataset.source)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--build-only", action="store_true", help="rebuild tables from the outputs")
-    ap.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
-    a = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # everything after "--" goes to train.py as overrides
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    a = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    a.overrides = extra
     tables = list(TABLES) if "all" in a.tables else list(dict.fromkeys(a.tables))
     if "table5" in tables and "table2" in tables:  # table 5 re-reads table 2's sweep
         tables.remove("table5")
