@@ -16,6 +16,7 @@ from groktimizer.adam_cdm import AdamCDM
 from groktimizer.biphasic import GROKtimizer
 from groktimizer.cdm import CDM
 from groktimizer.filters import GradFilterEMA, GradFilterMA
+from groktimizer.guard import Guard
 from groktimizer.param_groups import split_decay_groups
 from groktimizer.switch import AccuracySwitch, LossSwitch, RhoSwitch, StepSwitch
 
@@ -96,7 +97,23 @@ def build_switch(sw: Any, weight_decay: float) -> Any:
 
 
 def build_optimizer(o: Any, schedule: Any, model: nn.Module) -> Any:
-    """The single-phase optimizer, or GROKtimizer(phase1 -> `o`) for schedule.kind=biphasic."""
+    """The single-phase optimizer, or GROKtimizer(phase1 -> `o`) for schedule.kind=biphasic;
+    wrapped in a Guard (active in phase 2 only) when optimizer.guard.enabled."""
+    opt = _build_unguarded(o, schedule, model)
+    g = o.get("guard") if hasattr(o, "get") else getattr(o, "guard", None)
+    if g is None or not g.enabled:
+        return opt
+    return Guard(
+        opt,
+        rollback_ratio=g.rollback_ratio,
+        loss_floor=g.loss_floor,
+        lr_factor=g.lr_factor,
+        restart_rise=g.restart_rise,
+        restart_on_alignment=g.restart_on_alignment,
+    )
+
+
+def _build_unguarded(o: Any, schedule: Any, model: nn.Module) -> Any:
     groups = param_groups(model, o.weight_decay, list(o.no_decay))
     if schedule.kind == "single":
         return optimizer_factory(o)(groups)

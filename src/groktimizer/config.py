@@ -101,6 +101,24 @@ class LinearConfig:
 
 # --------------------------------------------------------------------------- optimizers
 @dataclass
+class GuardConfig:
+    """groktimizer.guard.Guard around the optimizer (phase 2 only under schedule=biphasic).
+
+    Checked at every evaluation: a train loss above rollback_ratio * max(last good loss,
+    loss_floor) (or non-finite) rolls back to the last good state with lr *= lr_factor; a rise
+    above (1 + restart_rise) * previous loss resets the momentum (null: off);
+    restart_on_alignment resets it whenever (g + wd*w) . dw > 0 (one host sync per step).
+    """
+
+    enabled: bool = False
+    rollback_ratio: float = 10.0
+    loss_floor: float = 1e-2
+    lr_factor: float = 0.5
+    restart_rise: float | None = None
+    restart_on_alignment: bool = False
+
+
+@dataclass
 class OptimizerConfig:
     """The optimizer that runs alone (schedule=single) or as phase 2 (schedule=biphasic).
 
@@ -123,6 +141,8 @@ class OptimizerConfig:
     no_decay: list[str] = field(default_factory=list)
     # lr="auto": eta = safety / (h_max + weight_decay)
     lr_auto_safety: float = 0.5
+    # adaptive restart / rollback guard (events land in results.json "events")
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
 
 @dataclass
@@ -306,7 +326,7 @@ def validate(cfg: Any) -> None:
     if isinstance(o.lr, str):
         if o.lr != "auto" or o.name not in ("cdm", "adam_cdm"):
             _fail("optimizer.lr", o.lr, "a number > 0 (or 'auto' for cdm / adam_cdm)")
-    elif not o.lr > 0:
+    elif isinstance(o.lr, bool) or not isinstance(o.lr, (int, float)) or not o.lr > 0:
         _fail("optimizer.lr", o.lr, "a number > 0")
     if o.weight_decay < 0:
         _fail("optimizer.weight_decay", o.weight_decay, "a number >= 0")
@@ -322,6 +342,15 @@ def validate(cfg: Any) -> None:
             )
     if not 0 < o.lr_auto_safety <= 2:
         _fail("optimizer.lr_auto_safety", o.lr_auto_safety, "a number in (0, 2]")
+    gd = o.guard
+    if not gd.rollback_ratio > 1:
+        _fail("optimizer.guard.rollback_ratio", gd.rollback_ratio, "a number > 1")
+    if not gd.loss_floor > 0:
+        _fail("optimizer.guard.loss_floor", gd.loss_floor, "a number > 0")
+    if not 0 < gd.lr_factor < 1:
+        _fail("optimizer.guard.lr_factor", gd.lr_factor, "a number in (0, 1)")
+    if gd.restart_rise is not None and not gd.restart_rise > 0:
+        _fail("optimizer.guard.restart_rise", gd.restart_rise, "null or a number > 0")
 
     s = cfg.schedule
     _one_of("schedule.kind", s.kind, SCHEDULES)

@@ -308,6 +308,11 @@ class Trainer:
 
     def _evaluate(self, m: Member) -> None:
         row = self._metrics(m)
+        # a guarded phase 2 (groktimizer.guard) sees the loss before divergence is declared
+        if hasattr(m.optimizer, "guard_observe") and m.optimizer.guard_observe(
+            self.step, row["train_loss"]
+        ):
+            row = self._metrics(m)  # rolled back: report the restored weights
         tr, step, t = m.tracker, self.step, self.tcfg
         finite = all(
             math.isfinite(row[k]) for k in ("train_loss", "weight_norm") if row.get(k) is not None
