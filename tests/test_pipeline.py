@@ -130,7 +130,7 @@ def test_default_run_writes_its_files(compose, tmp_path):
         assert key in saved, key
     assert saved["steps"] == 30
     assert saved["code"]["torch_version"]
-    assert saved["config"]["optimizer"]["name"] == "cdm"
+    assert saved["config"]["optimizer"]["name"] == "adam_cdm"
 
 
 def _interrupt_at(trainer: Trainer, step: int) -> None:
