@@ -6,6 +6,8 @@
     python train.py -m optimizer.damping=0.5,1,2 optimizer.weight_decay=1e-4,1e-3   # a sweep
 
 Returns (for sweepers) the number of steps to the validation target, the budget when not reached.
+Bad input (a value out of range, an unknown option or key, a wrong type) ends with one line
+`error: ...` on stderr and exit code 2; SIGTERM / SIGUSR2 checkpoint the run and exit 143.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from groktimizer.cli import main_with_clear_errors
 from groktimizer.config import register_configs
 
 register_configs()
@@ -28,4 +31,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_with_clear_errors(main))

@@ -1,12 +1,25 @@
-"""What `train.py` does once Hydra has composed the config: validate, build, train, report."""
+"""What `train.py` does once Hydra has composed the config: validate, build, train, report.
+
+Bad input ends with one line on stderr, ``error: <the value> ...: accepted <what is>``, and exit
+code 2, before anything that claims success is written: values out of range (:func:`validate`),
+data that cannot be loaded, a checkpoint that does not belong to this run, and (through
+:func:`main_with_clear_errors`) overrides Hydra cannot compose: an unknown group option, a
+missing ``+experiment``, a wrong type, an unknown key.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import pickle
 import statistics
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from groktimizer.config import ConfigError, validate
+
+EXIT_BAD_INPUT = 2
 
 
 def _output_dir() -> str:
@@ -15,17 +28,38 @@ def _output_dir() -> str:
     return HydraConfig.get().runtime.output_dir
 
 
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+
+
+def _fail(err: BaseException) -> None:
+    msg = _one_line(err) or type(err).__name__
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+
+
 def run(cfg: Any, run_dir: str | None = None) -> float:
     """Validate `cfg`, train, print a summary; exit with a one-line error on bad input."""
+    from hydra.errors import HydraException
+
     from groktimizer.trainer import Trainer
 
     try:
         validate(cfg)
         trainer = Trainer(cfg, run_dir or _output_dir())
-    except (ConfigError, ValueError, FileNotFoundError, KeyError, TypeError) as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        sys.exit(2)
+        # a checkpoint that is missing (resume=true), unreadable, or from another config
+        trainer.check_resume()
+    except (
+        ConfigError,
+        ValueError,
+        OSError,  # FileNotFoundError: a data path, resume=true without a checkpoint
+        KeyError,
+        TypeError,
+        RuntimeError,  # a data set that cannot be loaded (e.g. a hub id offline)
+        pickle.UnpicklingError,
+        HydraException,  # instantiate: a _target_ that does not exist
+    ) as err:
+        _fail(err)
     results = trainer.train()
     for res in results:
         print(
@@ -43,3 +77,74 @@ def run(cfg: Any, run_dir: str | None = None) -> float:
             r["t_target"] if r.get("t_target") is not None else budget for r in results
         )
     )
+
+
+# --------------------------------------------------------------------------- Hydra's errors
+def describe_config_error(err: BaseException) -> str:
+    """One line for an error Hydra or OmegaConf raises while composing a config from overrides.
+
+    Names the value given and what is accepted: the group's options for an unknown option (or
+    ``+experiment``), the expected type for a wrong one, the schema's keys for an unknown key.
+    """
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    if isinstance(err, MissingConfigException) and "/" in (err.missing_cfg_file or ""):
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        options = [o for o in err.options or [] if not o.endswith("_schema")]
+        accepted = ", ".join(options) if options else "none found"
+        hint = f" (e.g. +{group}={options[0]})" if group == "experiment" and options else ""
+        return f"{group}={name} is not a known option: accepted {accepted}{hint}"
+    if isinstance(err, OverrideParseException):
+        details = [
+            line
+            for line in str(err.message).splitlines()
+            if line.strip() and not line.startswith(("See https", "Error parsing override"))
+        ]
+        return (
+            f"cannot parse override {err.override!r}: {_one_line(' '.join(details))}; "
+            "accepted key=value, +key=value, ~key"
+        )
+    cause = err if isinstance(err, OmegaConfBaseException) else err.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None) or getattr(cause, "key", None) or "?"
+        msg = getattr(cause, "msg", None) or str(cause)
+        first = msg.strip().splitlines()[0] if msg.strip() else type(cause).__name__
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+            schema = getattr(cause, "object_type", None)
+            if dataclasses.is_dataclass(schema):
+                keys = [f.name for f in dataclasses.fields(schema) if not f.name.startswith("_")]
+                return f"{key} is not a known key ({first}): accepted {', '.join(keys)}"
+            return f"{key} is not a known key: {first}"
+        value = getattr(cause, "value", None)
+        shown = f"{key}={value!r}" if value is not None else key
+        return f"{shown} is invalid: {first}"
+    lines = str(err).strip().splitlines()
+    if "Config search path:" in lines:
+        lines = lines[: lines.index("Config search path:")]
+    return _one_line("\n".join(lines)) or type(err).__name__
+
+
+def main_with_clear_errors(hydra_main: Callable[[], Any]) -> int:
+    """Call a ``@hydra.main`` function; a config Hydra cannot compose ends with one line, exit 2.
+
+    Hydra prints its own multi-line report and exits 1 unless HYDRA_FULL_ERROR=1, in which case
+    it raises; we set it for the call and report composition errors ourselves. Other exceptions
+    propagate with their full traceback (a bug, not bad input). A user who sets HYDRA_FULL_ERROR
+    gets Hydra's raw exceptions as usual.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        hydra_main()
+        return 0
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"error: {describe_config_error(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+    return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ RESULTS = "results.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
+_ATOMIC_NAMES = (RESULTS, METRICS, CHECKPOINT, CONFIG)
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -69,8 +71,35 @@ def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    # weights_only: a checkpoint is data, never code
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint's tensors and plain data; ValueError (one line) for anything else.
+
+    ``weights_only=True``: a checkpoint is data, never code, so a file holding pickled objects
+    (which could run code when unpickled) is refused, as is a damaged one.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(
+            f"refusing checkpoint {path}: it holds objects other than tensors and plain data "
+            f"(loaded with weights_only=True: {first}); use trainer.resume=false to start over"
+        ) from err
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(
+            f"checkpoint {path} is damaged ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
+            "use trainer.resume=false to start over"
+        ) from err
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of writes a crash cut short (the final files are intact)."""
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        if tmp.is_file() and any(tmp.name.startswith(f".{n}.") for n in _ATOMIC_NAMES):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 class MetricsLog:

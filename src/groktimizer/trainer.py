@@ -269,6 +269,7 @@ class Trainer:
             exit_code = 1
             raise
         finally:
+            self._restore_signal_handlers()
             for m in self.members:
                 if m.wandb is not None:
                     m.wandb.finish(exit_code=exit_code)
@@ -489,6 +490,7 @@ class Trainer:
         state = {
             "step": self.step,
             "seeds": self.seeds,
+            "config": _run_defining_config(self.config_dict),
             "members": [
                 {
                     "seed": m.seed,
@@ -504,21 +506,55 @@ class Trainer:
         }
         runio.save_checkpoint(self.checkpoint_path, state)
 
-    def _maybe_resume(self) -> bool:
+    def check_resume(self) -> dict[str, Any] | None:
+        """The checkpoint this run resumes from (None: a fresh start), checked before any work.
+
+        Refuses (one-line error) a missing checkpoint with resume=true, an unreadable one, and
+        one written by a run with other seeds or another config: resuming it would report that
+        run's results under this run's config (e.g. a sweep re-run into the same folder).
+        """
+        if hasattr(self, "_resume_state"):
+            return self._resume_state
         mode = str(self.tcfg.resume).lower()
         path = self.checkpoint_path
-        if mode == "false" or not path.exists():
-            if mode == "true":
-                raise FileNotFoundError(
-                    f"trainer.resume=true but there is no checkpoint at {path}; "
-                    "pass hydra.run.dir=<the run's directory>"
-                )
-            return False
-        state = runio.load_checkpoint(path)
-        if list(state["seeds"]) != self.seeds:
-            raise ValueError(
-                f"checkpoint {path} holds seeds {state['seeds']}, this run has {self.seeds}"
+        state = None
+        if mode == "true" and not path.exists():
+            raise FileNotFoundError(
+                f"trainer.resume=true but there is no checkpoint at {path}; "
+                "pass hydra.run.dir=<the run's directory>"
             )
+        if mode != "false" and path.exists():
+            state = runio.load_checkpoint(path)
+            if list(state["seeds"]) != self.seeds:
+                raise ValueError(
+                    f"checkpoint {path} holds seeds {state['seeds']}, this run has {self.seeds}; "
+                    "use another hydra.run.dir or trainer.resume=false"
+                )
+            if "config" in state:
+                ours = _run_defining_config(self.config_dict)
+                diff = sorted(
+                    k
+                    for k in set(ours) | set(state["config"])
+                    if ours.get(k) != state["config"].get(k)
+                )
+                if diff:
+                    k = diff[0]
+                    raise ValueError(
+                        f"checkpoint {path} was written with {k}={state['config'].get(k)!r}, "
+                        f"this run has {k}={ours.get(k)!r} ({len(diff)} keys differ); "
+                        "use another hydra.run.dir, or trainer.resume=false to start over"
+                    )
+        self._resume_state = state
+        return state
+
+    def _maybe_resume(self) -> bool:
+        path = self.checkpoint_path
+        state = self.check_resume()
+        del self._resume_state
+        if state is None:
+            return False
+        for d in {self.run_dir, *(m.out_dir for m in self.members)}:
+            runio.remove_stale_temporaries(d)  # left by a crash mid-write
         self.step = int(state["step"])
         for m, s in zip(self.members, state["members"], strict=True):
             m.model.load_state_dict(s["model"])
@@ -541,6 +577,14 @@ class Trainer:
             except ValueError:  # not in the main thread (e.g. some launchers)
                 pass
 
+    def _restore_signal_handlers(self) -> None:
+        # after train() a SIGTERM must stop the process again, not set a flag nobody reads
+        for sig, prev in getattr(self, "_previous_handlers", {}).items():
+            try:
+                signal.signal(sig, prev)
+            except (ValueError, TypeError):
+                pass
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signum
 
@@ -559,6 +603,36 @@ class Trainer:
         prev = self._previous_handlers.get(self._stop_signal)
         if callable(prev):
             prev(self._stop_signal, None)
+
+
+# keys a resumed run may change: they do not change its numbers
+_RESUME_MAY_CHANGE = (
+    "trainer.resume",
+    "trainer.progress",
+    "trainer.plots",
+    "trainer.max_steps",
+    "trainer.checkpoint_every",
+    "trainer.device",
+    "trainer.compile",
+    "trainer.sharpness",
+    "trainer.sharpness_iters",
+    "logger.",
+    "experiment_name",
+)
+
+
+def _run_defining_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The config flattened to dotted keys, without the keys a resume may change."""
+    flat: dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if key.startswith(_RESUME_MAY_CHANGE):
+            continue
+        if isinstance(v, dict):
+            flat.update(_run_defining_config(v, key + "."))
+        else:
+            flat[key] = list(v) if isinstance(v, tuple) else v
+    return flat
 
 
 def _hydra_overrides() -> list[str]:

@@ -53,7 +53,9 @@ class WandbRun:
             mode = "offline"
         try:
             self.run = wandb.init(
-                mode=mode, settings=wandb.Settings(init_timeout=60, silent=True), **kwargs
+                mode=mode,
+                settings=wandb.Settings(init_timeout=_init_timeout(), silent=True),
+                **kwargs,
             )
         except Exception as err:  # noqa: BLE001 -- any failure to reach W&B
             if mode != "online":
@@ -103,6 +105,14 @@ class WandbRun:
     def finish(self, exit_code: int = 0) -> None:
         self._guard(lambda: self.run.finish(exit_code=exit_code))
         self.run = None
+
+
+def _init_timeout() -> float:
+    """Seconds to wait for W&B before falling back offline: wandb's own WANDB_INIT_TIMEOUT, 60."""
+    try:
+        return float(os.environ.get("WANDB_INIT_TIMEOUT", "60"))
+    except ValueError:
+        return 60.0
 
 
 def _has_api_key() -> bool:
