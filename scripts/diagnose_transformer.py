@@ -193,7 +193,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--lanczos-iters", type=int, default=12)
     ap.add_argument("--cache", default="/tmp/groktimizer_diag_switch.pt")
+    ap.add_argument("--plot-only", action="store_true", help="redraw from the CSV and JSON")
     args = ap.parse_args()
+    if args.plot_only:
+        summary = json.loads((OUT / "diagnosis.json").read_text())
+        with open(OUT / "trajectories.csv") as f:
+            rows = [
+                {k: (v if k == "variant" else float(v)) for k, v in r.items() if v != ""}
+                for r in csv.DictReader(f)
+            ]
+        plot(rows, summary["at_switch"])
+        return
     torch.set_flush_denormal(True)
     OUT.mkdir(parents=True, exist_ok=True)
     data = modular_arithmetic("add", 97, 0.4, "tokens", seed=args.seed)
@@ -275,7 +285,7 @@ def plot(rows, at_switch) -> None:
         rs = [r for r in rows if r["variant"] == n]
         s = [r["step"] for r in rs]
         (line,) = ax[0].semilogy(s, [r["loss"] for r in rs], label=n)
-        ax[1].plot(s, [r["weight_norm"] for r in rs], color=line.get_color())
+        ax[1].semilogy(s, [r["weight_norm"] for r in rs], color=line.get_color())
         e = [r for r in rs if "h_top" in r]
         if e:
             ax[2].semilogy(
