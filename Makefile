@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: venv train test lint format bench clean-outputs \
-	table1 table2 table3 table4 table5 table_fair reproduce tables
+	table1 table2 table3 table4 table5 table_fair reproduce tables fair
 
 venv: $(STAMP)
 
@@ -53,3 +53,10 @@ reproduce: $(STAMP)
 
 tables: $(STAMP)
 	$(REPRODUCE) --build-only all
+
+# Fair comparison (issue 9): tune each method's 8-point grid on seeds 0-2, select on those seeds,
+# report the reference and tuned settings on seeds 3-7, build outputs/results/[smoke/]fair/<model>.
+# MODELS=mlp,transformer (default both); LAUNCHER=joblib runs the tuning jobs in parallel.
+MODELS ?= mlp,transformer
+fair: $(STAMP)
+	$(PY) scripts/fair.py --scale $(SCALE) --models $(MODELS) $(if $(LAUNCHER),--launcher $(LAUNCHER))
