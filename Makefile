@@ -29,6 +29,13 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# CPU benchmarks (side-by-side ratios; tens of minutes on a shared 2-core machine); see bench/README.md
+bench: $(STAMP)
+	$(PY) bench/bench_optimizer.py
+	$(PY) bench/bench_loop.py
+	$(PY) bench/bench_ensemble.py
+	$(PY) bench/bench_scaling.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests train.py bench scripts
 	$(VENV)/bin/ruff format --check src tests train.py bench scripts

@@ -195,9 +195,9 @@ class Trainer:
             batches = [self._batch(m) for m in members]
             xs = torch.stack([b[0] for b in batches])
             ys = torch.stack([b[1] for b in batches])
+            per_member = [list(m.model.parameters()) for m in members]
             params = {
-                n: torch.stack([p for p in (dict(m.model.named_parameters())[n] for m in members)])
-                for n in self._names
+                n: torch.stack([ps[i] for ps in per_member]) for i, n in enumerate(self._names)
             }
             losses = self._vmapped_loss(params, xs, ys)
             losses.sum().backward()
@@ -217,6 +217,8 @@ class Trainer:
             if not resumed:
                 for m in self.members:
                     self._evaluate(m)
+                    if not m.active:  # e.g. the target reached at initialisation
+                        self._finish(m)
             progress = self._progress_bar()
             t0 = time.perf_counter()
             while self.step < self.tcfg.max_steps:
