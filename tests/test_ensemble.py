@@ -57,11 +57,10 @@ def _comparable(res: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def single_runs(tmp_path_factory):
+    from conftest import ROOT
     from hydra import compose, initialize_config_dir
 
     from groktimizer.config import register_configs
-
-    from conftest import ROOT
 
     register_configs()
     out = {}
