@@ -13,7 +13,7 @@ import pytest
 from groktimizer import runio, tables
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["adamw", "adam_ema", "adam_ma", "biphasic_gd", "groktimizer"]
+METHODS = ["adamw", "adam_ema", "adam_ma", "biphasic_gd", "groktimizer_cdm", "groktimizer"]
 
 
 def fake_run(seed=0, method="adamw", t_gen99=None, status=None, extra=(), **fields):
@@ -166,7 +166,7 @@ def _train(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_table2_and_table5_smoke_end_to_end(tmp_path):
-    """train.py -m over the five methods (2-seed ensembles) + a diverging job -> the table CLI."""
+    """train.py -m over the six methods (2-seed ensembles) + a diverging job -> the table CLI."""
     sweep = tmp_path / "sweep"
     tiny = ["dataset.p=11", "trainer.max_steps=30", "trainer.seeds=[0,1]"]
     tiny += ["trainer.sharpness_iters=5", "trainer.plots=false"]
