@@ -208,6 +208,7 @@ def test_wandb_offline_summary_holds_t_gen99(compose, tmp_path):
         ("optimizer.lr=0", "optimizer.lr"),
         ("trainer.max_steps=0", "trainer.max_steps"),
         ("trainer.eval_every=0", "trainer.eval_every"),
+        ("trainer.threads=0", "trainer.threads"),
         ("trainer.dtype=float16", "trainer.dtype"),
         ("schedule.switch.criterion=never_ever", "schedule.switch.criterion"),
         ("optimizer.name=lion", "optimizer.name"),
@@ -221,3 +222,18 @@ def test_bad_values_fail_validation_with_one_line(compose, override, needle):
         validate(cfg)
     msg = str(err.value)
     assert needle in msg and "\n" not in msg and "accepted" in msg
+
+
+def test_trainer_threads_sets_torch_threads(compose, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        Trainer(compose("trainer.threads=1", "trainer.max_steps=5"), tmp_path)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        # null leaves torch's setting alone
+        Trainer(compose("trainer.max_steps=5"), tmp_path / "b")
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)

@@ -9,6 +9,7 @@ from .biphasic import GROKtimizer, default_phase1
 from .cdm import CDM, critical_momentum
 from .curvature import auto_lr, hvp, lanczos_top_eigenvalues, top_eigenvalue
 from .filters import FilteredOptimizer, GradFilter, GradFilterEMA, GradFilterMA
+from .guard import Guard
 from .param_groups import split_decay_groups
 from .switch import (
     AccuracySwitch,
@@ -47,5 +48,6 @@ __all__ = [
     "GradFilterEMA",
     "GradFilterMA",
     "FilteredOptimizer",
+    "Guard",
     "split_decay_groups",
 ]

@@ -215,6 +215,9 @@ class TrainerConfig:
     max_loss: float | None = None  # a train loss above this counts as diverged
     grad_clip: float | None = None
     flush_denormal: bool = True
+    # CPU threads for torch (torch.set_num_threads); null keeps torch's default (one per core).
+    # On a shared or oversubscribed CPU, 1 is often much faster for these small models.
+    threads: int | None = None
 
 
 @dataclass
@@ -302,6 +305,8 @@ def validate(cfg: Any) -> None:
         _fail("trainer.eval_every", t.eval_every, "an integer > 0")
     if t.checkpoint_every <= 0:
         _fail("trainer.checkpoint_every", t.checkpoint_every, "an integer > 0")
+    if t.get("threads") is not None and t.threads <= 0:
+        _fail("trainer.threads", t.threads, "null (torch's default) or an integer > 0")
     if t.batch_size is not None and t.batch_size <= 0:
         _fail("trainer.batch_size", t.batch_size, "null (full batch) or an integer > 0")
     if not 0.0 < t.target_val_acc <= 1.0:

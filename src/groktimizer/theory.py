@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .cdm import critical_momentum as _cdm_momentum
+
 __all__ = [
     "METHODS",
     "LINEAR_METHODS",
@@ -107,10 +109,7 @@ def critical_momentum(
     lr = _positive("lr", lr)
     weight_decay = _positive("weight_decay", weight_decay)
     damping = _positive("damping", damping)
-    s = damping * math.sqrt(lr * weight_decay)
-    if nesterov:
-        return max(0.0, (1.0 - s) / (1.0 + s))
-    return max(0.0, 1.0 - s) ** 2
+    return _cdm_momentum(lr, weight_decay, damping, nesterov)
 
 
 def _max_root_modulus(trace: float, det: float, disc: float) -> float:
