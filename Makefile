@@ -62,7 +62,8 @@ tables: $(STAMP)
 	$(REPRODUCE) --build-only all
 
 # Fair comparison (issue 9): tune each method's 8-point grid on seeds 0-2, select on those seeds,
-# report the reference and tuned settings on seeds 3-7, build outputs/results/[smoke/]fair/<model>.
+# report the reference and tuned settings on seeds 3-7, build outputs/results/[smoke/|cpu/]fair/<model>.
+# SCALE=cpu: the cut that fits a 2-core CPU (MLP, 4-point grids, tuning seed 0, report seeds 3-5).
 # MODELS=mlp,transformer (default both); LAUNCHER=joblib runs the tuning jobs in parallel.
 MODELS ?= mlp,transformer
 fair: $(STAMP)

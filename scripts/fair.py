@@ -3,6 +3,7 @@ best setting on those seeds, report the reference and tuned settings on fresh se
 build the table (python -m groktimizer.fair).
 
     python scripts/fair.py --scale smoke                      # plumbing check, minutes on CPU
+    python scripts/fair.py --scale cpu --models mlp           # cut grids and seeds: ~1-2 CPU-hours
     python scripts/fair.py --scale full --models mlp --dry-run    # print the exact commands
     python scripts/fair.py --scale full --models mlp --stage tune --launcher joblib
     python scripts/fair.py --scale full --models mlp              # all stages (resumes)
@@ -29,8 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TUNE_SEEDS = {"full": [0, 1, 2], "smoke": [0]}
-REPORT_SEEDS = {"full": [3, 4, 5, 6, 7], "smoke": [1]}
+TUNE_SEEDS = {"full": [0, 1, 2], "cpu": [0], "smoke": [0]}
+REPORT_SEEDS = {"full": [3, 4, 5, 6, 7], "cpu": [3, 4, 5], "smoke": [1]}
 # raw-gradient phase 2 (plain GD, plain CDM) diverges on the transformer: MLP only
 METHODS = {
     "mlp": ["adamw", "adam_ema", "adam_ma", "biphasic_gd", "groktimizer_cdm", "groktimizer"],
@@ -39,6 +40,8 @@ METHODS = {
 # train.py overrides per scale and model (the budget of the full scale is the experiments' 6,000)
 SCALE_OVERRIDES = {
     "full": {"mlp": [], "transformer": []},
+    # the cut that fits a 2-core CPU: MLP only, 4,000-step budget
+    "cpu": {"mlp": ["trainer.max_steps=4000"]},
     "smoke": {
         "mlp": ["trainer.max_steps=150", "trainer.checkpoint_every=100"],
         "transformer": ["trainer.max_steps=40", "trainer.checkpoint_every=100"],
@@ -58,6 +61,19 @@ SMOKE_GRID = {
     "groktimizer_cdm": ["optimizer.weight_decay=1e-3,3e-3", "optimizer.damping=1"],
     "groktimizer": ["optimizer.lr=2e-4", "optimizer.weight_decay=3,5"],
 }
+# cpu: four points of each grid (two for the MA filter), each holding the method's reference
+# point; the raw-gradient phase-2 ablations (biphasic_gd, groktimizer_cdm) are left out
+CPU_GRID = {
+    "adamw": ["optimizer.weight_decay=1,3,5,10"],
+    "adam_ema": [
+        "grad_filter.alpha=0.98",
+        "grad_filter.lamb=2,5",
+        "optimizer.weight_decay=0.005,0.02",
+    ],
+    "adam_ma": ["grad_filter.window=100", "grad_filter.lamb=5", "optimizer.weight_decay=0.01,0.04"],
+    "groktimizer": ["optimizer.lr=1e-4,2e-4", "optimizer.weight_decay=3,5"],
+}
+GRIDS = {"smoke": SMOKE_GRID, "cpu": CPU_GRID, "full": None}
 FINISHED = ("completed", "reached-target", "diverged")
 
 
@@ -74,7 +90,9 @@ def base_dir(scale: str, model: str) -> Path:
 
 def out_dir(scale: str, model: str) -> Path:
     base = OUTPUTS / "results"
-    return base / "fair" / model if scale == "full" else base / "smoke" / "fair" / model
+    if scale == "full":
+        return base / "fair" / model
+    return base / scale / "fair" / model
 
 
 def _common(method: str, model: str, scale: str, extra=()) -> list[str]:
@@ -99,7 +117,8 @@ def tune_command(
 ) -> list[str]:
     sweep = base_dir(scale, model) / "tune" / method
     cmd = [sys.executable, "train.py", "-m", *_common(method, model, scale, extra)]
-    cmd += SMOKE_GRID[method] if scale == "smoke" else []
+    grid = GRIDS[scale]
+    cmd += grid[method] if grid is not None else []
     cmd += [seeds_override(TUNE_SEEDS[scale]), "trainer.progress=false", f"hydra.sweep.dir={sweep}"]
     return cmd + ([f"launcher={launcher}"] if launcher != "basic" else [])
 
@@ -171,7 +190,7 @@ def reference_covers(method: str, model: str, scale: str, overrides: list[str]) 
 def main(argv: list[str] | None = None) -> int:
     global OUTPUTS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--scale", choices=("smoke", "full"), default="smoke")
+    ap.add_argument("--scale", choices=("smoke", "cpu", "full"), default="smoke")
     ap.add_argument("--models", default="mlp,transformer", help="comma-separated: mlp,transformer")
     ap.add_argument("--methods", default=None, help="comma-separated subset of the methods")
     ap.add_argument("--stage", choices=("tune", "report", "table", "all"), default="all")
@@ -191,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     for model in a.models.split(","):
         if model not in METHODS:
             ap.error(f"--models: {model!r} is not one of {', '.join(METHODS)}")
+        if model not in SCALE_OVERRIDES[a.scale]:
+            ap.error(
+                f"--models: {model!r} has no {a.scale} scale "
+                f"(models at that scale: {', '.join(SCALE_OVERRIDES[a.scale])})"
+            )
         methods = METHODS[model]
+        if GRIDS[a.scale] is not None:
+            methods = [m for m in methods if m in GRIDS[a.scale]]
         if a.methods:
             methods = [m for m in methods if m in a.methods.split(",")]
         if a.stage in ("tune", "all"):

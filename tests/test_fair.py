@@ -213,8 +213,22 @@ def test_driver_tunes_and_reports_on_disjoint_seeds_with_the_selected_overrides(
     ref = d.report_command("adam_ema", "transformer", "full")
     assert not any(o.startswith(("grad_filter.", "optimizer.")) for o in ref)
     assert ref[-1].endswith("report/adam_ema/reference")
-    for scale in ("smoke", "full"):
+    for scale in ("smoke", "cpu", "full"):
         assert not set(d.TUNE_SEEDS[scale]) & set(d.REPORT_SEEDS[scale])
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu"])
+def test_cut_grids_hold_each_methods_reference_point(compose, scale):
+    """A cut grid that missed the reference setting would make 'tuned' worse than 'reference'."""
+    from omegaconf import OmegaConf
+
+    d = fair_driver()
+    for method, grid in d.GRIDS[scale].items():
+        cfg = compose(f"+experiment=fair_{method}", "model=mlp")
+        for override in grid:
+            key, values = override.split("=")
+            ref = OmegaConf.select(cfg, key)
+            assert any(float(v) == float(ref) for v in values.split(",")), (method, key, ref)
 
 
 @pytest.mark.slow
