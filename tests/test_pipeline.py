@@ -229,11 +229,12 @@ def test_trainer_threads_sets_torch_threads(compose, tmp_path):
 
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)  # so that threads=1 is a change even on a 1-core machine
         Trainer(compose("trainer.threads=1", "trainer.max_steps=5"), tmp_path)
         assert torch.get_num_threads() == 1
-        torch.set_num_threads(before)
+        torch.set_num_threads(2)
         # null leaves torch's setting alone
         Trainer(compose("trainer.max_steps=5"), tmp_path / "b")
-        assert torch.get_num_threads() == before
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

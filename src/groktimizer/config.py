@@ -305,7 +305,7 @@ def validate(cfg: Any) -> None:
         _fail("trainer.eval_every", t.eval_every, "an integer > 0")
     if t.checkpoint_every <= 0:
         _fail("trainer.checkpoint_every", t.checkpoint_every, "an integer > 0")
-    if t.get("threads") is not None and t.threads <= 0:
+    if t.threads is not None and t.threads <= 0:
         _fail("trainer.threads", t.threads, "null (torch's default) or an integer > 0")
     if t.batch_size is not None and t.batch_size <= 0:
         _fail("trainer.batch_size", t.batch_size, "null (full batch) or an integer > 0")

@@ -121,7 +121,7 @@ class Trainer:
         if self.tcfg.flush_denormal:
             # tiny post-interpolation gradients otherwise make CPU steps ~50x slower
             torch.set_flush_denormal(True)
-        if self.tcfg.get("threads") is not None:
+        if self.tcfg.threads is not None:
             torch.set_num_threads(int(self.tcfg.threads))
         self.seeds = list(self.tcfg.seeds) if self.tcfg.seeds is not None else [int(cfg.seed)]
         self.ensemble = self.tcfg.seeds is not None
