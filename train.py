@@ -17,15 +17,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from groktimizer.cli import main_with_clear_errors
-from groktimizer.config import register_configs
+from groktimizer.experiment.cli import main_with_clear_errors
+from groktimizer.experiment.config import register_configs
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from groktimizer.cli import run
+    from groktimizer.experiment.cli import run
 
     return run(cfg)
 

@@ -24,7 +24,7 @@ def compose(*overrides: str) -> Any:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from groktimizer.config import register_configs
+    from groktimizer.experiment.config import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()

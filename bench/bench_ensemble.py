@@ -27,7 +27,7 @@ from _common import (  # noqa: E402
     table,
 )
 
-from groktimizer.trainer import Trainer  # noqa: E402
+from groktimizer.experiment.trainer import Trainer  # noqa: E402
 
 CONFIGS = {
     # where the reference grokking loops live on CPU: tiny full-batch steps, overhead-bound

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import compose, machine, table  # noqa: E402
 from bench_loop import run_reference  # noqa: E402
 
-from groktimizer.trainer import Trainer  # noqa: E402
+from groktimizer.experiment.trainer import Trainer  # noqa: E402
 
 
 def trainer_rate(ov: list[str], seeds: list[int] | None, steps: int) -> tuple[float, float]:

@@ -32,7 +32,7 @@ from _common import (  # noqa: E402
     table,
 )
 
-from groktimizer.trainer import Trainer, compute_loss  # noqa: E402
+from groktimizer.experiment.trainer import Trainer, compute_loss  # noqa: E402
 
 
 def overrides(p: int, steps: int, extra: list[str]) -> list[str]:

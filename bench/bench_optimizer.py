@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_thread_arg, apply_threads, interleaved, machine, median_ratio, table, timed  # noqa: E402
 
 from groktimizer import CDM, GROKtimizer, StepSwitch, critical_momentum  # noqa: E402
-from groktimizer.data import modular_arithmetic  # noqa: E402
-from groktimizer.models import MLP, Transformer  # noqa: E402
+from groktimizer.experiment.data import modular_arithmetic  # noqa: E402
+from groktimizer.experiment.models import MLP, Transformer  # noqa: E402
 
 LR, WD = 1.0, 1e-3
 

@@ -26,7 +26,7 @@ import torch
 if {threads} > 0:
     torch.set_num_threads({threads})
 from _common import compose
-from groktimizer.trainer import Trainer
+from groktimizer.experiment.trainer import Trainer
 ov = {ov!r}
 with tempfile.TemporaryDirectory() as d:
     t = Trainer(compose(*ov), d)

@@ -35,9 +35,9 @@ from torch.func import functional_call
 from groktimizer.adam_cdm import AdamCDM
 from groktimizer.cdm import CDM, critical_momentum
 from groktimizer.curvature import lanczos_top_eigenvalues, top_eigenvalue
-from groktimizer.data import modular_arithmetic
+from groktimizer.experiment.data import modular_arithmetic
+from groktimizer.experiment.models import Transformer
 from groktimizer.guard import Guard
-from groktimizer.models import Transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "outputs" / "results" / "transformer_diagnosis"

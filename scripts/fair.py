@@ -1,6 +1,6 @@
 """Fair comparison, two stages: tune every method on its grid (seeds 0-2), select each method's
 best setting on those seeds, report the reference and tuned settings on fresh seeds (3-7), then
-build the table (python -m groktimizer.fair).
+build the table (python -m groktimizer.analysis.fair).
 
     python scripts/fair.py --scale smoke                      # plumbing check, minutes on CPU
     python scripts/fair.py --scale cpu --models mlp           # cut grids and seeds: ~1-2 CPU-hours
@@ -101,7 +101,7 @@ def _common(method: str, model: str, scale: str, extra=()) -> list[str]:
 
 def check_extra(extra: list[str]) -> None:
     """Extra overrides set the context only: a method setting there would hide the reference."""
-    from groktimizer import fair, tables
+    from groktimizer.analysis import fair, tables
 
     for o in extra:
         key = tables.parse_override(o)[0]
@@ -139,7 +139,7 @@ def report_command(
 
 def table_command(model: str, scale: str, shown: str | None = None) -> list[str]:
     base = base_dir(scale, model)
-    cmd = [sys.executable, "-m", "groktimizer.fair", "--tune", str(base / "tune")]
+    cmd = [sys.executable, "-m", "groktimizer.analysis.fair", "--tune", str(base / "tune")]
     cmd += ["--report", str(base / "report"), "--out", str(out_dir(scale, model))]
     return cmd + (["--command", shown] if shown else [])
 
@@ -150,7 +150,7 @@ def show(cmd: list[str]) -> str:
 
 
 def finished(run_dir: Path, seeds: list[int]) -> bool:
-    from groktimizer import runio
+    from groktimizer.experiment import runio
 
     files = [ROOT / run_dir / f"seed_{s}" / runio.RESULTS for s in seeds]
     if len(seeds) == 1 and not files[0].exists():
@@ -167,7 +167,7 @@ def _run(cmd: list[str], dry: bool, env: dict[str, str]) -> int:
 
 def selection_for(model: str, scale: str) -> dict[str, list[str]]:
     """method -> the override strings of its selected setting (tuning seeds only)."""
-    from groktimizer import fair, tables
+    from groktimizer.analysis import fair, tables
 
     tune = base_dir(scale, model) / "tune"
     runs = [r for r in tables.load_runs([ROOT / tune]) if fair.model_of(r) == model]
@@ -176,7 +176,8 @@ def selection_for(model: str, scale: str) -> dict[str, list[str]]:
 
 def reference_covers(method: str, model: str, scale: str, overrides: list[str]) -> bool:
     """Whether the finished reference run already has the tuned values (no second run)."""
-    from groktimizer import fair, runio, tables
+    from groktimizer.analysis import fair, tables
+    from groktimizer.experiment import runio
 
     d = ROOT / report_dir(method, model, scale, "reference")
     files = sorted(d.rglob(runio.RESULTS)) if d.exists() else []

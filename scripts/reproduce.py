@@ -78,7 +78,7 @@ def _train_cmd(overrides: list[str], sweep: Path, launcher: str) -> list[str]:
 
 
 def _table_cmd(dirs: list[Path], table: str, out: Path, train_cmd: list[str] | None) -> list[str]:
-    cmd = [sys.executable, "-m", "groktimizer.tables", *map(str, dirs), "--table", table]
+    cmd = [sys.executable, "-m", "groktimizer.analysis.tables", *map(str, dirs), "--table", table]
     cmd += ["--out", str(out)]
     if train_cmd:
         cmd += ["--command", _show(train_cmd)]

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from groktimizer.data import (  # noqa: E402
+from groktimizer.experiment.data import (  # noqa: E402
     TaskData,
     build_dataset,
     canonical_op,

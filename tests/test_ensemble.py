@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from groktimizer import runio
-from groktimizer.trainer import Trainer
+from groktimizer.experiment import runio
+from groktimizer.experiment.trainer import Trainer
 
 SEEDS = [0, 1, 2]
 # digits, because its validation accuracy climbs within a few dozen steps: with target 0.9,
@@ -60,7 +60,7 @@ def single_runs(tmp_path_factory):
     from conftest import ROOT
     from hydra import compose, initialize_config_dir
 
-    from groktimizer.config import register_configs
+    from groktimizer.experiment.config import register_configs
 
     register_configs()
     out = {}

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from groktimizer import fair, runio
+from groktimizer.analysis import fair
+from groktimizer.experiment import runio
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 6000
@@ -22,8 +23,12 @@ BUDGET = 6000
 def fake_run(method, seed, t_gen99, *setting, model="MLP", status=None):
     """A results.json of `method` at `setting` (override strings; none: the reference)."""
     cfg = {
-        "dataset": {"_target_": "groktimizer.data.modular_arithmetic", "op": "add", "p": 97},
-        "model": {"_target_": f"groktimizer.models.{model}"},
+        "dataset": {
+            "_target_": "groktimizer.experiment.data.modular_arithmetic",
+            "op": "add",
+            "p": 97,
+        },
+        "model": {"_target_": f"groktimizer.experiment.models.{model}"},
         "optimizer": {"name": "adamw", "weight_decay": 1.0, "lr": 1e-3},
         "schedule": {"kind": "single"},
         "grad_filter": {"kind": "ema", "alpha": 0.98},

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from groktimizer import runio
 from groktimizer.cdm import CDM
-from groktimizer.config import ConfigError, validate
+from groktimizer.experiment import runio
+from groktimizer.experiment.config import ConfigError, validate
+from groktimizer.experiment.trainer import Trainer
 from groktimizer.guard import Guard
-from groktimizer.trainer import Trainer
 
 
 def _regression(seed: int = 0):

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from groktimizer.data import digits, linear_regression, modular_arithmetic, sparse_parity
-from groktimizer.models import MLP, Linear, Transformer, build_model
+from groktimizer.experiment.data import digits, linear_regression, modular_arithmetic, sparse_parity
+from groktimizer.experiment.models import MLP, Linear, Transformer, build_model
 
 DATA = {
     "modular_tokens": lambda: modular_arithmetic(p=11, form="tokens", seed=0),

@@ -18,7 +18,8 @@ def _name(req: str) -> str:
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {_name(r): r for r in project["dependencies"]}
-    wanted.update({_name(r): r for r in project["optional-dependencies"]["dev"]})
+    for extra in ("pipeline", "dev"):
+        wanted.update({_name(r): r for r in project["optional-dependencies"][extra]})
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {_name(r): r for r in pip if not r.startswith("-e")}

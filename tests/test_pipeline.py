@@ -9,9 +9,9 @@ import pytest
 import wandb_files
 import yaml
 
-from groktimizer import runio
-from groktimizer.config import ConfigError, validate
-from groktimizer.trainer import Trainer
+from groktimizer.experiment import runio
+from groktimizer.experiment.config import ConfigError, validate
+from groktimizer.experiment.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from groktimizer import cli, runio, tables
-from groktimizer.trainer import Trainer
+from groktimizer.analysis import tables
+from groktimizer.experiment import cli, runio
+from groktimizer.experiment.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "train.py"
@@ -33,7 +34,7 @@ TRAIN = ROOT / "train.py"
 DRIVER = """
 import io, os, runpy, signal, sys
 import torch
-from groktimizer import trainer as T
+from groktimizer.experiment import trainer as T
 
 kill_at = int(os.environ.get("FAULT_KILL_AT_STEP", "-1"))
 sig = getattr(signal, os.environ.get("FAULT_SIGNAL", "SIGKILL"))

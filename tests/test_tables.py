@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from groktimizer import runio, tables
+from groktimizer.analysis import tables
+from groktimizer.experiment import runio
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["adamw", "adam_ema", "adam_ma", "biphasic_gd", "groktimizer_cdm", "groktimizer"]
@@ -32,7 +33,11 @@ def fake_run(seed=0, method="adamw", t_gen99=None, status=None, extra=(), **fiel
         "wall_time_s": 1.0,
         "overrides": [f"+method={method}", "dataset=modular_add", f"seed={seed}", *extra],
         "config": {
-            "dataset": {"_target_": "groktimizer.data.modular_arithmetic", "op": "add", "p": 97},
+            "dataset": {
+                "_target_": "groktimizer.experiment.data.modular_arithmetic",
+                "op": "add",
+                "p": 97,
+            },
             "optimizer": {"name": "adamw", "damping": 1.0, "weight_decay": 1e-3},
             "schedule": {"kind": "single"},
         },
@@ -181,7 +186,7 @@ def test_table2_and_table5_smoke_end_to_end(tmp_path):
     out = tmp_path / "tables"
     for table in ("table2", "table5"):
         proc = subprocess.run(
-            [sys.executable, "-m", "groktimizer.tables", str(sweep), "--table", table,
+            [sys.executable, "-m", "groktimizer.analysis.tables", str(sweep), "--table", table,
              "--out", str(out)],
             capture_output=True, text=True, timeout=120, cwd=ROOT,
         )  # fmt: skip

@@ -1,7 +1,7 @@
 """Fair comparisons: every method tuned on a grid of the same size and budget, the best setting
 chosen on tuning seeds, then measured on fresh report seeds.
 
-    python -m groktimizer.fair --tune outputs/multiruns/fair/full/mlp/tune \
+    python -m groktimizer.analysis.fair --tune outputs/multiruns/fair/full/mlp/tune \
         --report outputs/multiruns/fair/full/mlp/report --out outputs/results/fair/mlp
 
 Selection (no leakage): for each task, model and method, every setting of its grid is scored by
@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from groktimizer import runio, tables
+from groktimizer.analysis import tables
+from groktimizer.experiment import runio
 
 TARGET = "t_gen99"
 METRICS = ("t_interp", "t_gen95", "t_gen99", "wall_time_s")
@@ -566,7 +567,7 @@ def write(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m groktimizer.fair",
+        prog="python -m groktimizer.analysis.fair",
         description="Select each method's setting on tuning seeds, report it on fresh seeds.",
     )
     p.add_argument("--tune", nargs="+", required=True, help="tuning sweep directories")

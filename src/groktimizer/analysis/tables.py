@@ -1,6 +1,6 @@
 """Multirun outputs -> the paper's tables: Markdown + CSV + PNG.
 
-    python -m groktimizer.tables outputs/multiruns/table2_grokking/full --table table2 \
+    python -m groktimizer.analysis.tables outputs/multiruns/table2_grokking/full --table table2 \
         --out outputs/results/table2
 
 Every ``results.json`` under the sweep directories is one run (a seed-ensemble job writes one per
@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from groktimizer import runio
+from groktimizer.experiment import runio
 
 INF = math.inf
 
@@ -721,7 +721,7 @@ def build(
     if command:
         md.append(f"- command: `{command}`")
     md.append(
-        f"- table: `python -m groktimizer.tables {' '.join(map(str, sweep_dirs))} "
+        f"- table: `python -m groktimizer.analysis.tables {' '.join(map(str, sweep_dirs))} "
         f"--table {table} --out {out}`"
     )
     runio.write_text(out / f"{table}.md", "\n".join(md) + "\n")
@@ -740,7 +740,7 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m groktimizer.tables",
+        prog="python -m groktimizer.analysis.tables",
         description="Aggregate multirun results.json files into a Markdown / CSV / PNG table.",
     )
     p.add_argument("sweep_dirs", nargs="+", help="sweep directories (searched recursively)")

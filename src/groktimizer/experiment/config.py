@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------- datasets
 @dataclass
 class ModularDataConfig:
-    _target_: str = "groktimizer.data.modular_arithmetic"
+    _target_: str = "groktimizer.experiment.data.modular_arithmetic"
     _partial_: bool = True
     op: str = "add"
     p: int = 97
@@ -32,7 +32,7 @@ class ModularDataConfig:
 
 @dataclass
 class SparseParityDataConfig:
-    _target_: str = "groktimizer.data.sparse_parity"
+    _target_: str = "groktimizer.experiment.data.sparse_parity"
     _partial_: bool = True
     n_bits: int = 40
     k: int = 3
@@ -42,7 +42,7 @@ class SparseParityDataConfig:
 
 @dataclass
 class LinearRegressionDataConfig:
-    _target_: str = "groktimizer.data.linear_regression"
+    _target_: str = "groktimizer.experiment.data.linear_regression"
     _partial_: bool = True
     n: int = 50
     d: int = 500
@@ -52,7 +52,7 @@ class LinearRegressionDataConfig:
 
 @dataclass
 class DigitsDataConfig:
-    _target_: str = "groktimizer.data.digits"
+    _target_: str = "groktimizer.experiment.data.digits"
     _partial_: bool = True
     n_train: int = 200
     normalize: bool = True
@@ -60,7 +60,7 @@ class DigitsDataConfig:
 
 @dataclass
 class MNISTDataConfig:
-    _target_: str = "groktimizer.data.mnist"
+    _target_: str = "groktimizer.experiment.data.mnist"
     _partial_: bool = True
     n_train: int = 1000
     n_val: int = 10000
@@ -71,7 +71,7 @@ class MNISTDataConfig:
 # --------------------------------------------------------------------------- models
 @dataclass
 class MLPConfig:
-    _target_: str = "groktimizer.models.MLP"
+    _target_: str = "groktimizer.experiment.models.MLP"
     _partial_: bool = True
     depth: int = 1
     width: int = 512
@@ -83,7 +83,7 @@ class MLPConfig:
 
 @dataclass
 class TransformerConfig:
-    _target_: str = "groktimizer.models.Transformer"
+    _target_: str = "groktimizer.experiment.models.Transformer"
     _partial_: bool = True
     n_layers: int = 1
     d_model: int = 128
@@ -94,7 +94,7 @@ class TransformerConfig:
 
 @dataclass
 class LinearConfig:
-    _target_: str = "groktimizer.models.Linear"
+    _target_: str = "groktimizer.experiment.models.Linear"
     _partial_: bool = True
     bias: bool = False
 

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from groktimizer import runio
-from groktimizer.builders import build_filter, build_optimizer
-from groktimizer.data import TaskData
+from groktimizer.experiment import runio
+from groktimizer.experiment.builders import build_filter, build_optimizer
+from groktimizer.experiment.data import TaskData
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: schedulers treat it as "killed", submitit requeues
 
@@ -439,7 +439,7 @@ class Trainer:
             res["sharpness_iters"] = int(iters)
         runio.write_json(m.out_dir / runio.RESULTS, res)
         if self.tcfg.plots:
-            from groktimizer.plots import plot_run
+            from groktimizer.experiment.plots import plot_run
 
             try:
                 plot_run(m.log.read(), m.out_dir / "curves.png", m.tracker.t_switch)
@@ -461,7 +461,7 @@ class Trainer:
         lg = self.cfg.logger
         if lg.kind != "wandb":
             return
-        from groktimizer.wandb_logger import WandbRun
+        from groktimizer.experiment.wandb_logger import WandbRun
 
         factory = self._wandb_factory or WandbRun
         for m in self.members:

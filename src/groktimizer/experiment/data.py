@@ -4,7 +4,7 @@ Every factory has the shape ``factory(..., seed: int) -> TaskData``: the split (
 data) depends only on ``seed`` through a private ``torch.Generator``, never on the global RNG.
 All tensors are built on the CPU; the trainer moves them with :meth:`TaskData.to`.
 
-Input conventions shared with ``groktimizer.models``:
+Input conventions shared with ``groktimizer.experiment.models``:
 
 - ``input_kind="tokens"``: ``x`` is a LongTensor ``[N, seq_len]`` of ids in ``[0, vocab_size)``.
   Both the transformer and the MLP (through a per-position embedding) take this form.

@@ -1,7 +1,8 @@
 """Models for the grokking experiments: MLP, the progress-measures transformer, linear.
 
 Each model class is also its own factory: ``Model(data, **options)`` reads the input and output
-sizes from a :class:`~groktimizer.data.TaskData`, so a config with ``_partial_: true`` gives the
+sizes from a :class:`~groktimizer.experiment.data.TaskData`, so a config with
+``_partial_: true`` gives the
 ``make(data) -> nn.Module`` the trainer expects. Every module maps a batch of inputs to
 ``[N, out_dim]``. Forward passes are pure (no in-place updates of parameters, no ``.item()``), so
 they run under ``torch.func.functional_call`` and ``vmap``.
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from groktimizer.data import TaskData
+from groktimizer.experiment.data import TaskData
 
 __all__ = ["ACTIVATIONS", "MLP", "Transformer", "Linear", "MODELS", "build_model"]
 

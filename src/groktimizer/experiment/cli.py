@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from groktimizer.config import ConfigError, validate
+from groktimizer.experiment.config import ConfigError, validate
 
 EXIT_BAD_INPUT = 2
 
@@ -42,7 +42,7 @@ def run(cfg: Any, run_dir: str | None = None) -> float:
     """Validate `cfg`, train, print a summary; exit with a one-line error on bad input."""
     from hydra.errors import HydraException
 
-    from groktimizer.trainer import Trainer
+    from groktimizer.experiment.trainer import Trainer
 
     try:
         validate(cfg)

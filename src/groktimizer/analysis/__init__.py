@@ -1,0 +1,1 @@
+"""Reading finished runs: statistics, tables, figures and the fair comparison."""
