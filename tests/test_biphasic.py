@@ -73,8 +73,9 @@ def test_observe_switches_on_accuracy_with_patience():
     assert not opt.observe(step=100, train_acc=1.0)
     assert not opt.observe(step=200, train_acc=0.5)
     assert not opt.observe(step=300, train_acc=1.0)
-    assert opt.observe(step=400, train_acc=1.0)
-    assert opt.switch_step == 400
+    events = opt.observe(step=400, train_acc=1.0)
+    assert [(e["step"], e["event"]) for e in events] == [(400, "switch")]
+    assert opt.switch_step == 400 and opt.phase == 2
     with pytest.raises(RuntimeError, match="already"):
         opt.switch()
 

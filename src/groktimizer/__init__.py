@@ -22,6 +22,7 @@ from .switch import (
     SwitchCriterion,
     make_switch,
 )
+from .wrapper import OptimizerWrapper, observe, phase_of
 
 __version__ = "0.1.0"
 
@@ -50,4 +51,7 @@ __all__ = [
     "FilteredOptimizer",
     "Guard",
     "split_decay_groups",
+    "OptimizerWrapper",
+    "observe",
+    "phase_of",
 ]

@@ -28,8 +28,8 @@ from torch.optim import Optimizer
 
 from .cdm import CDM, check_lr
 from .curvature import auto_lr, top_eigenvalue
-from .filters import _init_hooks
 from .switch import AccuracySwitch, SwitchCriterion
+from .wrapper import Event, OptimizerWrapper, observe
 
 __all__ = ["GROKtimizer", "default_phase1"]
 
@@ -60,7 +60,7 @@ def _normalize_groups(params: Any) -> list[dict[str, Any]]:
     return out
 
 
-class GROKtimizer(Optimizer):
+class GROKtimizer(OptimizerWrapper):
     """Biphasic optimizer: ``phase1`` until the switch criterion fires, then ``phase2``.
 
     Args:
@@ -133,6 +133,7 @@ class GROKtimizer(Optimizer):
                 f"(lr may only be None or 'auto'), got lr={lr!r}, weight_decay={weight_decay!r}"
             )
 
+        super().__init__()
         groups = _normalize_groups(params)
         p1_groups = [{"params": g["params"], **g.get("phase1", {})} for g in groups]
         p2_groups = [{k: v for k, v in g.items() if k != "phase1"} for g in groups]
@@ -144,36 +145,26 @@ class GROKtimizer(Optimizer):
         self.lr_auto_iters = lr_auto_iters
         self.lr_auto_tol = lr_auto_tol
         self._curvature_closure = curvature_closure
-        self.phase = 1
+        self._phase = 1
         self.switch_step: int | None = None
         self.num_steps = 0
         self.auto_lr_record: dict[str, Any] | None = None
         self.metric_carried = 0
-        _init_hooks(self)
-
-    # Optimizer's own pickling stores param_groups/state as attributes; these are views here.
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
 
     # -- the active phase, seen as a plain optimizer ------------------------------------------
     @property
+    def phase(self) -> int:  # type: ignore[override]
+        """1 before the switch, 2 after."""
+        return self._phase
+
+    @property
+    def current(self) -> Optimizer:
+        return self.phase1 if self._phase == 1 else self.phase2
+
+    @property
     def active(self) -> Optimizer:
-        return self.phase1 if self.phase == 1 else self.phase2
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.active.param_groups
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.active.state
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.active.defaults
+        """The phase optimizer taking the steps now (``current``)."""
+        return self.current
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One step of the active phase."""
@@ -195,9 +186,6 @@ class GROKtimizer(Optimizer):
 
     step.hooked = True  # type: ignore[attr-defined]
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.active.zero_grad(set_to_none=set_to_none)
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         group = dict(param_group)
         p1 = group.pop("phase1", {})
@@ -209,28 +197,30 @@ class GROKtimizer(Optimizer):
         """Closure ``() -> loss`` (with graph, full training batch) used by ``lr='auto'``."""
         self._curvature_closure = fn
 
-    def observe(
+    def observe(  # type: ignore[override]
         self, step: int | None = None, closure: LossClosure | None = None, **metrics: Any
-    ) -> bool:
-        """Feed metrics to the switch criterion; switch when it fires. True iff it switched now.
+    ) -> list[Event]:
+        """Feed one evaluation's metrics; return the events (see ``groktimizer.wrapper``).
 
-        ``step`` defaults to the number of steps taken. In phase 2 this does nothing. The
-        phase-2 weight decay is passed as ``weight_decay`` unless given (for ``RhoSwitch``).
+        Phase 1: the switch criterion sees the metrics (with the phase-2 weight decay as
+        ``weight_decay`` unless given, for ``RhoSwitch``); when it fires, the switch happens and
+        a ``switch`` event (with the ``auto_lr`` record, if any) is returned. Phase 2: the
+        metrics go down to the phase-2 optimizer. ``step`` defaults to the number of steps taken.
         """
-        if self.phase == 2:
-            return False
         step = self.num_steps if step is None else int(step)
+        if self._phase == 2:
+            return observe(self.phase2, step, closure=closure, **metrics) + self._drain()
+        events = observe(self.phase1, step, closure=closure, **metrics)
         wd = self.phase2.defaults.get("weight_decay")
         if wd:
             metrics.setdefault("weight_decay", wd)
         if self.criterion.observe(step, **metrics):
             self.switch(closure=closure, step=step)
-            return True
-        return False
+        return events + self._drain()
 
     def switch(self, closure: LossClosure | None = None, step: int | None = None) -> None:
         """Enter phase 2: resolve ``lr='auto'``; carry Adam's metric over if phase 2 takes it."""
-        if self.phase == 2:
+        if self._phase == 2:
             raise RuntimeError(
                 f"GROKtimizer: already in phase 2 (switched at step {self.switch_step})"
             )
@@ -238,8 +228,10 @@ class GROKtimizer(Optimizer):
             self._resolve_auto_lr(closure or self._curvature_closure)
         if hasattr(self.phase2, "init_from_adam"):
             self.metric_carried = self.phase2.init_from_adam(self.phase1)
-        self.phase = 2
+        self._phase = 2
         self.switch_step = self.num_steps if step is None else int(step)
+        info = {"auto_lr": dict(self.auto_lr_record)} if self.auto_lr_record else {}
+        self._emit("switch", self.switch_step, metric_carried=self.metric_carried, **info)
 
     def _resolve_auto_lr(self, closure: LossClosure | None) -> None:
         if closure is None:
@@ -284,7 +276,7 @@ class GROKtimizer(Optimizer):
         self.phase1.load_state_dict(state_dict["phase1"])
         self.phase2.load_state_dict(state_dict["phase2"])
         self.criterion.load_state_dict(state_dict["criterion"])
-        self.phase = int(state_dict["phase"])
+        self._phase = int(state_dict["phase"])
         self.switch_step = state_dict["switch_step"]
         self.num_steps = int(state_dict["num_steps"])
         self.auto_lr_record = state_dict.get("auto_lr_record")

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .wrapper import OptimizerWrapper
+
 __all__ = ["GradFilter", "GradFilterEMA", "GradFilterMA", "FilteredOptimizer"]
 
 
@@ -141,7 +143,7 @@ class GradFilterMA(GradFilter):
         ]
 
 
-class FilteredOptimizer(Optimizer):
+class FilteredOptimizer(OptimizerWrapper):
     """Wraps an optimizer so that ``step()`` first applies a gradient filter.
 
     ``param_groups``, ``state`` and ``defaults`` are the wrapped optimizer's, so LR schedulers
@@ -158,29 +160,13 @@ class FilteredOptimizer(Optimizer):
             raise ValueError(
                 f"FilteredOptimizer: grad_filter must be a GradFilter, got {grad_filter!r}"
             )
-        # Optimizer.__init__ is not called: groups and state live in the wrapped optimizer.
+        super().__init__()
         self.optimizer = optimizer
         self.grad_filter = grad_filter
-        _init_hooks(self)
-
-    # Optimizer's own pickling stores param_groups/state as attributes; these are views here.
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.optimizer.state
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.optimizer.defaults
+    def current(self) -> Optimizer:
+        return self.optimizer
 
     def _params(self) -> list[Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -194,12 +180,6 @@ class FilteredOptimizer(Optimizer):
         self.optimizer.step()
         return loss
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        self.optimizer.add_param_group(param_group)
-
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         return {"optimizer": self.optimizer.state_dict(), "filter": self.grad_filter.state_dict()}
 
@@ -209,16 +189,3 @@ class FilteredOptimizer(Optimizer):
 
     def __repr__(self) -> str:
         return f"FilteredOptimizer({self.optimizer!r}, {self.grad_filter!r})"
-
-
-def _init_hooks(opt: Optimizer) -> None:
-    """The bookkeeping ``Optimizer.__init__`` sets up, for wrappers that delegate groups/state."""
-    from collections import OrderedDict
-
-    opt._optimizer_step_pre_hooks = OrderedDict()
-    opt._optimizer_step_post_hooks = OrderedDict()
-    opt._optimizer_state_dict_pre_hooks = OrderedDict()
-    opt._optimizer_state_dict_post_hooks = OrderedDict()
-    opt._optimizer_load_state_dict_pre_hooks = OrderedDict()
-    opt._optimizer_load_state_dict_post_hooks = OrderedDict()
-    opt._patch_step_function()

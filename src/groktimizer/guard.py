@@ -21,11 +21,12 @@ went uphill on the phase-2 objective, ``(g + λw)·Δw > 0`` (O'Donoghue and Can
 restart; ``Δw`` is the previous update, λ the group's weight decay). A non-finite gradient also
 triggers a rollback at once in that mode.
 
-Every action is an event (``pop_events()``: dicts with ``step``, ``event`` = ``guard_restart`` |
-``guard_rollback`` and the numbers behind it); nothing is done silently. The snapshot lives in
+Every action is an event (returned by ``observe``, see ``groktimizer.wrapper``: dicts with
+``step``, ``event`` = ``guard_restart`` | ``guard_rollback`` and the numbers behind it; a rollback
+carries ``weights_changed: True``); nothing is done silently. The snapshot lives in
 memory and in ``state_dict()``, so a resumed run continues exactly.
 
-Wrapped around a ``GROKtimizer`` the guard is active only in phase 2; it arms (takes its first
+Wrapped around a ``GROKtimizer`` the guard watches only in phase 2; it arms (takes its first
 snapshot) on the first phase-2 step, with the last loss it was shown as ``L_ref``.
 """
 
@@ -40,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .filters import _init_hooks
+from .wrapper import Event, OptimizerWrapper, observe, phase_of
 
 __all__ = ["Guard"]
 
@@ -54,7 +55,7 @@ def _positive(owner: str, name: str, value: Any, upper: float | None = None) -> 
         raise ValueError(f"{owner}: {name} must be a float {rng}, got {value!r}")
 
 
-class Guard(Optimizer):
+class Guard(OptimizerWrapper):
     """Adaptive-restart / rollback wrapper; see the module docstring for the rules.
 
     Args:
@@ -90,7 +91,9 @@ class Guard(Optimizer):
             _positive("Guard", "restart_rise", restart_rise)
         if not isinstance(check_every, int) or isinstance(check_every, bool) or check_every < 1:
             raise ValueError(f"Guard: check_every must be an int >= 1, got {check_every!r}")
-        # Optimizer.__init__ is not called: groups and state live in the wrapped optimizer.
+        if not isinstance(optimizer, Optimizer):
+            raise ValueError(f"Guard: optimizer must be a torch Optimizer, got {optimizer!r}")
+        super().__init__()
         self.optimizer = optimizer
         self.rollback_ratio = float(rollback_ratio)
         self.loss_floor = float(loss_floor)
@@ -105,15 +108,6 @@ class Guard(Optimizer):
         self.snapshot: dict[str, Any] | None = None
         self.prev_update: list[Tensor] | None = None
         self.counts = {"restarts": 0, "rollbacks": 0}
-        self.events: list[dict[str, Any]] = []
-        _init_hooks(self)
-
-    # Optimizer's own pickling stores param_groups/state as attributes; these are views here.
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
 
     def __getattr__(self, name: str) -> Any:
         # phase, switch_step, observe, auto_lr_record, init_from_adam ... of the wrapped optimizer
@@ -122,27 +116,16 @@ class Guard(Optimizer):
         return getattr(self.optimizer, name)
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
+    def current(self) -> Optimizer:
+        return self.optimizer
 
     @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.optimizer.state
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.optimizer.defaults
-
-    @property
-    def active(self) -> bool:
+    def watching(self) -> bool:
         """True in phase 2 of a GROKtimizer, always for a single-phase optimizer."""
-        return getattr(self.optimizer, "phase", 2) == 2
+        return phase_of(self.optimizer) in (None, 2)
 
     def _params(self) -> list[Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     # -- stepping -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -156,16 +139,16 @@ class Guard(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-            if self.active and self.armed and self.num_steps % self.check_every == 0:
+            if self.watching and self.armed and self.num_steps % self.check_every == 0:
                 if self.guard_observe(self.num_steps, float(loss)):
                     with torch.enable_grad():  # the gradient of the restored weights
                         self.optimizer.zero_grad()
                         loss = closure()
-            elif not self.active or not self.armed:
+            elif not self.watching or not self.armed:
                 self.last_loss = float(loss)
-        if self.active and not self.armed:
+        if self.watching and not self.armed:
             self._arm()
-        if self.active and self.restart_on_alignment:
+        if self.watching and self.restart_on_alignment:
             self._alignment_check()
         before = [p.detach().clone() for p in self._params()] if self._tracking else None
         self.optimizer.step()
@@ -176,7 +159,7 @@ class Guard(Optimizer):
 
     @property
     def _tracking(self) -> bool:
-        return self.active and self.restart_on_alignment
+        return self.watching and self.restart_on_alignment
 
     def _alignment_check(self) -> None:
         if self.prev_update is None:
@@ -202,11 +185,26 @@ class Guard(Optimizer):
             self._record("guard_restart", self.num_steps, reason="alignment", g_dot_dw=value)
 
     # -- checks -------------------------------------------------------------------------------
+    def observe(self, step: int, **metrics: Any) -> list[Event]:
+        """The wrapped optimizer observes first; then ``train_loss`` (if given) is checked.
+
+        When an inner event already changed the weights, the loss passed in describes weights
+        that are gone, so it is not checked.
+        """
+        events = observe(self.optimizer, step, **metrics)
+        loss = metrics.get("train_loss")
+        if loss is not None and not any(e.get("weights_changed") for e in events):
+            self.guard_observe(step, float(loss))
+        return events + self._drain()
+
     @torch.no_grad()
     def guard_observe(self, step: int, train_loss: float) -> bool:
-        """Check ``train_loss`` (at the current weights). True iff the weights were rolled back."""
+        """Check ``train_loss`` (at the current weights). True iff the weights were rolled back.
+
+        Its events come out of the next ``observe`` (or ``pop_events``).
+        """
         loss = float(train_loss)
-        if not self.active or not self.armed:
+        if not self.watching or not self.armed:
             self.last_loss = loss
             return False
         if self.ref_loss is None and math.isfinite(loss):  # armed before any loss was seen
@@ -261,6 +259,7 @@ class Guard(Optimizer):
         self._record(
             "guard_rollback",
             step,
+            weights_changed=True,
             reason=reason,
             loss=loss,
             ref_loss=self.ref_loss,
@@ -279,16 +278,8 @@ class Guard(Optimizer):
                     else:
                         buf.zero_()
 
-    def _record(self, event: str, step: int, **info: Any) -> None:
-        self.events.append({"step": int(step), "event": event, **info, **self.counts})
-
-    def pop_events(self) -> list[dict[str, Any]]:
-        """Events since the last call: the wrapped optimizer's first, then the guard's."""
-        inner = getattr(self.optimizer, "pop_events", None)
-        out = list(inner()) if callable(inner) else []
-        out += self.events
-        self.events = []
-        return out
+    def _record(self, event: str, step: int, weights_changed: bool = False, **info: Any) -> None:
+        self._emit(event, step, weights_changed=weights_changed, **info, **self.counts)
 
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
@@ -304,7 +295,7 @@ class Guard(Optimizer):
                 if self.prev_update is None
                 else [t.clone() for t in self.prev_update],
                 "counts": dict(self.counts),
-                "events": list(self.events),
+                "events": list(self._pending_events),
             },
         }
 
@@ -327,7 +318,7 @@ class Guard(Optimizer):
             else [t.to(p.device) for t, p in zip(g["prev_update"], params, strict=True)]
         )
         self.counts = dict(g["counts"])
-        self.events = list(g["events"])
+        self._pending_events = list(g["events"])
 
     def __repr__(self) -> str:
         return (
