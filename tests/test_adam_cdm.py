@@ -154,3 +154,94 @@ def test_invalid_arguments(kwargs, name):
     args = {"lr": 1e-3, "weight_decay": 1.0, **kwargs}
     with pytest.raises(ValueError, match=name):
         AdamCDM([torch.zeros(2, requires_grad=True)], **args)
+
+
+def _old_adam_cdm_step(p, g, state, lr, wd, beta, beta2=0.98, eps=1e-8):
+    """The arithmetic of AdamCDM before it shared CDM's core (kept to pin its numbers)."""
+    v = state.setdefault("v", torch.zeros_like(p))
+    state["t"] = state.get("t", 0) + 1
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    denom = v.div(1 - beta2 ** state["t"]).sqrt_().add_(eps)
+    d = g.div(denom)
+    d.add_(p, alpha=wd)
+    if "buf" not in state:
+        state["buf"] = d
+    else:
+        state["buf"].mul_(beta).add_(d)
+    p.add_(state["buf"], alpha=-lr)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_numbers_at_explicit_lr_and_wd_are_those_of_the_previous_implementation(foreach):
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(5, 3), (7,)]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(25)]
+    ps = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    ref = [p.detach().clone() for p in ps]
+    opt = AdamCDM(ps, lr=2e-4, weight_decay=5.0, foreach=foreach)
+    beta = critical_momentum(2e-4, 5.0)
+    states = [{} for _ in shapes]
+    for gs in grads:
+        for p, r, g, st in zip(ps, ref, gs, states, strict=True):
+            p.grad = g.clone()
+            _old_adam_cdm_step(r, g, st, 2e-4, 5.0, beta)
+        opt.step()
+    for p, r in zip(ps, ref, strict=True):
+        assert torch.equal(p.detach(), r)  # bit for bit
+
+
+def test_nesterov_maximize_and_momentum_follow_cdm():
+    """With beta2 -> a constant metric (v frozen at 1), AdamCDM is CDM on g/(1 + eps)."""
+    from groktimizer import CDM
+
+    gen = torch.Generator().manual_seed(4)
+    grads = [torch.randn(6, generator=gen, dtype=torch.float64) for _ in range(10)]
+    for kw in ({"nesterov": True}, {"maximize": True}, {"momentum": 0.5, "weight_decay": 0.0}):
+        kw = {"lr": 1e-2, "weight_decay": 0.5, **kw}
+        a = torch.ones(6, dtype=torch.float64, requires_grad=True)
+        b = a.detach().clone().requires_grad_()
+        opt_a = AdamCDM([a], freeze_v=True, eps=0.0, **kw)
+        opt_a.state[a]["exp_avg_sq"] = torch.full_like(a, 1 - 0.98)  # v_hat = 1 at step 1
+        opt_a.state[a]["step"] = 1
+        opt_b = CDM([b], **kw)
+        for g in grads:
+            a.grad, b.grad = g.clone(), g.clone()
+            opt_a.step()
+            opt_b.step()
+        assert torch.allclose(a, b, rtol=0, atol=1e-13), kw
+        assert opt_a.param_groups[0]["momentum_used"] == opt_b.param_groups[0]["momentum_used"]
+
+
+def test_foreach_default_follows_torch():
+    """On CPU tensors torch's own optimizers do not default to foreach; neither does AdamCDM."""
+    from torch.optim.optimizer import _default_to_fused_or_foreach
+
+    w = torch.zeros(3, requires_grad=True)
+    expected = _default_to_fused_or_foreach([w], differentiable=False)[1]
+    opt = AdamCDM([w], lr=1e-3, weight_decay=1.0)
+    calls = []
+    import groktimizer.adam_cdm as mod
+
+    real = mod.precondition
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["foreach"])
+        return real(*args, **kwargs)
+
+    mod.precondition = spy
+    try:
+        w.grad = torch.ones(3)
+        opt.step()
+    finally:
+        mod.precondition = real
+    assert calls == [expected]
+
+
+def test_preconditioner_is_inverse_sqrt_of_the_denominator():
+    w = torch.zeros(3, requires_grad=True)
+    opt = AdamCDM([w], lr=1e-3, weight_decay=1.0, eps=0.0)
+    assert opt.preconditioner() == [None]
+    w.grad = torch.tensor([1.0, 4.0, 0.5])
+    opt.step()
+    (s,) = opt.preconditioner()
+    assert torch.allclose(s, w.grad.abs().rsqrt())  # v_hat = g^2 after one step

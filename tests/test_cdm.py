@@ -260,3 +260,20 @@ def test_library_import_leaves_pipeline_packages_out():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_foreach_groups_mixed_dtypes_like_single_tensor():
+    gen = torch.Generator().manual_seed(5)
+    dtypes = [torch.float32, torch.float64, torch.float32]
+    grads = [[torch.randn(4, generator=gen).to(dt) for dt in dtypes] for _ in range(12)]
+    out = []
+    for foreach in (False, True):
+        ps = [torch.ones(4, dtype=dt, requires_grad=True) for dt in dtypes]
+        opt = CDM(ps, lr=0.1, weight_decay=1e-2, nesterov=True, foreach=foreach)
+        for gs in grads:
+            for p, g in zip(ps, gs, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        out.append([p.detach() for p in ps])
+    for a, b in zip(*out, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)

@@ -108,6 +108,7 @@ def test_make_switch():
     "build,name",
     [
         (lambda: AccuracySwitch(threshold=1.5), "threshold"),
+        (lambda: AccuracySwitch(threshold=0), r"threshold must be in \(0, 1\]"),
         (lambda: AccuracySwitch(patience=0), "patience"),
         (lambda: AccuracySwitch(patience=1.5), "patience"),
         (lambda: LossSwitch(-1.0), "threshold"),

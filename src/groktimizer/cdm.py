@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import ParamsT
+from torch.optim.optimizer import ParamsT, _default_to_fused_or_foreach
 
-__all__ = ["CDM", "critical_momentum"]
+__all__ = ["CDM", "cdm", "critical_momentum"]
 
 NO_WEIGHT_DECAY_MESSAGE = (
     "CDM needs weight_decay > 0 to set the critical momentum (beta depends on "
@@ -82,13 +82,6 @@ def check_momentum(owner: str, momentum: Any) -> None:
         raise ValueError(f"{owner}: momentum must be None or in [0, 1), got {momentum!r}")
 
 
-def _group_by_device_dtype(tensors: list[Tensor]) -> dict[tuple, list[int]]:
-    buckets: dict[tuple, list[int]] = {}
-    for i, t in enumerate(tensors):
-        buckets.setdefault((t.device, t.dtype), []).append(i)
-    return buckets
-
-
 class CDM(Optimizer):
     """Critically Damped Momentum: heavy ball on ``L(w) + (λ/2)‖w‖²`` with β set by (η, λ, ζ).
 
@@ -100,14 +93,18 @@ class CDM(Optimizer):
         damping: ζ > 0; 1 is critical, < 1 under-damped, > 1 over-damped.
         nesterov: use the Nesterov form and its critical momentum β_N.
         momentum: explicit β in [0, 1); overrides the critical value.
-        foreach: use the multi-tensor ``torch._foreach_*`` path (default: on when all
-            parameters are on CUDA). Both paths give the same numbers.
+        foreach: use the multi-tensor ``torch._foreach_*`` path (default: chosen as torch's own
+            optimizers choose it, i.e. on for tensors on a device with foreach kernels such as
+            CUDA). Both paths give the same numbers.
         maximize: ascend instead of descend (the loss gradient is negated; decay is not).
 
     β per group, each step: explicit ``momentum`` if set, else ``critical_momentum(lr, λ_β, ζ)``
     where ``λ_β`` is the group's weight decay, or, for a group with weight decay 0 (biases and
     norm gains excluded from decay), the optimizer-level ``weight_decay``: such a group moves with
     the same momentum as the rest of the model but is not decayed.
+
+    Subclasses precondition the gradient by overriding ``_directions`` (see ``AdamCDM``); the
+    heavy-ball core (``cdm``) is shared.
     """
 
     def __init__(
@@ -120,11 +117,8 @@ class CDM(Optimizer):
         momentum: float | None = None,
         foreach: bool | None = None,
         maximize: bool = False,
+        **extra: Any,
     ) -> None:
-        check_lr("CDM", lr)
-        check_weight_decay("CDM", weight_decay)
-        check_damping("CDM", damping)
-        check_momentum("CDM", momentum)
         defaults = {
             "lr": lr,
             "weight_decay": weight_decay,
@@ -133,18 +127,28 @@ class CDM(Optimizer):
             "momentum": momentum,
             "foreach": foreach,
             "maximize": bool(maximize),
+            **extra,
         }
+        self._check_group(defaults)
         super().__init__(params, defaults)
+
+    @property
+    def _name(self) -> str:
+        return type(self).__name__
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """One-line ValueErrors naming the argument and its accepted range."""
+        check_lr(self._name, group["lr"])
+        check_weight_decay(self._name, group["weight_decay"])
+        check_damping(self._name, group["damping"])
+        check_momentum(self._name, group["momentum"])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        check_lr("CDM", group["lr"])
-        check_weight_decay("CDM", group["weight_decay"])
-        check_damping("CDM", group["damping"])
-        check_momentum("CDM", group["momentum"])
+        self._check_group(group)
         if group["momentum"] is None and self._beta_weight_decay(group) == 0:
-            raise ValueError(NO_WEIGHT_DECAY_MESSAGE)
+            raise ValueError(NO_WEIGHT_DECAY_MESSAGE.replace("CDM", self._name, 1))
         group["momentum_used"] = self.group_momentum(group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -153,6 +157,7 @@ class CDM(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
             group.setdefault("nesterov", False)
+            group.setdefault("momentum", None)
 
     def _beta_weight_decay(self, group: dict[str, Any]) -> float:
         wd = group["weight_decay"]
@@ -166,9 +171,15 @@ class CDM(Optimizer):
             float(group["lr"]), self._beta_weight_decay(group), group["damping"], group["nesterov"]
         )
 
+    def _directions(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+    ) -> list[Tensor]:
+        """The loss direction fed to the heavy-ball core: the gradient itself for CDM."""
+        return grads
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One CDM step for every param group; ``closure`` re-evaluates the loss (with grad)."""
+        """One step for every param group; ``closure`` re-evaluates the loss (with grad)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -182,7 +193,7 @@ class CDM(Optimizer):
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
-                    raise RuntimeError("CDM does not support sparse gradients")
+                    raise RuntimeError(f"{self._name} does not support sparse gradients")
                 params.append(p)
                 grads.append(p.grad)
                 bufs.append(self.state[p].get("momentum_buffer"))
@@ -193,21 +204,50 @@ class CDM(Optimizer):
                 continue
             foreach = group["foreach"]
             if foreach is None:
-                foreach = all(p.is_cuda for p in params)
-            core = _cdm_foreach if foreach else _cdm_single_tensor
-            core(
+                _, foreach = _default_to_fused_or_foreach(params, differentiable=False)
+            directions = self._directions(group, params, grads, foreach)
+            cdm(
                 params,
-                grads,
+                directions,
                 bufs,
+                foreach=foreach,
                 lr=float(group["lr"]),
                 weight_decay=group["weight_decay"],
                 momentum=beta,
                 nesterov=group["nesterov"],
-                maximize=group["maximize"],
+                maximize=group["maximize"] and directions is grads,
             )
             for p, buf in zip(params, bufs, strict=True):
                 self.state[p]["momentum_buffer"] = buf
         return loss
+
+
+def cdm(
+    params: list[Tensor],
+    directions: list[Tensor],
+    bufs: list[Tensor | None],
+    *,
+    foreach: bool,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    nesterov: bool,
+    maximize: bool = False,
+) -> None:
+    """Functional heavy-ball core: ``d = ±g + λw; buf = β·buf + d; w -= η·buf`` (Nesterov:
+    ``w -= η·(d + β·buf)``). ``directions`` are the (possibly preconditioned) loss gradients;
+    ``maximize`` negates them. ``bufs`` is updated in place (a None entry starts from ``d``)."""
+    core = _cdm_foreach if foreach else _cdm_single_tensor
+    core(
+        params,
+        directions,
+        bufs,
+        lr=lr,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        nesterov=nesterov,
+        maximize=maximize,
+    )
 
 
 def _cdm_single_tensor(
@@ -221,7 +261,6 @@ def _cdm_single_tensor(
     nesterov: bool,
     maximize: bool,
 ) -> None:
-    """Per-tensor core: ``d = g + λw; buf = β·buf + d; w -= η·buf`` (bufs updated in place)."""
     for i, p in enumerate(params):
         d = grads[i] if not maximize else -grads[i]
         if weight_decay != 0:
@@ -249,26 +288,33 @@ def _cdm_foreach(
     nesterov: bool,
     maximize: bool,
 ) -> None:
-    """Multi-tensor core with the same arithmetic, one ``_foreach`` call per op and bucket."""
-    for idx in _group_by_device_dtype(params).values():
-        ps = [params[i] for i in idx]
-        ds = [grads[i] for i in idx]
+    """The same arithmetic, one ``_foreach`` call per op and (device, dtype) bucket."""
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, bufs],  # type: ignore[list-item]
+        with_indices=True,
+    )
+    for (ps, ds, dev_bufs), indices in grouped.values():
         if maximize:
             ds = torch._foreach_neg(ds)
         if weight_decay != 0:
             ds = torch._foreach_add(ds, ps, alpha=weight_decay)
-        new = [j for j, i in enumerate(idx) if bufs[i] is None]
-        old = [j for j, i in enumerate(idx) if bufs[i] is not None]
-        for j in new:
-            bufs[idx[j]] = torch.clone(ds[j]).detach()
-        if old:
-            old_bufs = [bufs[idx[j]] for j in old]
-            old_ds = [ds[j] for j in old]
+        if all(b is not None for b in dev_bufs):
             if momentum == 0:
-                torch._foreach_copy_(old_bufs, old_ds)
+                torch._foreach_copy_(dev_bufs, ds)
             else:
-                torch._foreach_mul_(old_bufs, momentum)
-                torch._foreach_add_(old_bufs, old_ds)
-        bs = [bufs[i] for i in idx]
+                torch._foreach_mul_(dev_bufs, momentum)
+                torch._foreach_add_(dev_bufs, ds)
+            bs = dev_bufs
+        else:
+            bs = []
+            for j, b in enumerate(dev_bufs):
+                if b is None:
+                    b = torch.clone(ds[j]).detach()
+                    bufs[indices[j]] = b
+                elif momentum == 0:
+                    b.copy_(ds[j])
+                else:
+                    b.mul_(momentum).add_(ds[j])
+                bs.append(b)
         updates = torch._foreach_add(ds, bs, alpha=momentum) if nesterov else bs
         torch._foreach_add_(ps, updates, alpha=-lr)

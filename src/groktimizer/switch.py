@@ -122,7 +122,9 @@ class AccuracySwitch(_Held):
     def __init__(
         self, threshold: float = 0.999, patience: int = 1, metric: str = "train_acc"
     ) -> None:
-        _check_real("AccuracySwitch", "threshold", threshold, 0.0, 1.0, "in [0, 1]")
+        _check_real("AccuracySwitch", "threshold", threshold, 0.0, 1.0, "in (0, 1]")
+        if threshold == 0:  # 0 would switch at the first observation, before any fit
+            raise ValueError(f"AccuracySwitch: threshold must be in (0, 1], got {threshold!r}")
         super().__init__(patience)
         self.threshold = float(threshold)
         self.metric = metric
