@@ -1,0 +1,206 @@
+"""AdamCDML2: CDM in Adam's metric whose fixed point is the ℓ2-regularised one.
+
+For each parameter ``w`` (step size η, weight decay λ, damping ζ, metric scale s)::
+
+    v   = β₂·v + (1 − β₂)·g²
+    v̂   = v / (1 − β₂^t)                (t counts the updates of v, carried over from Adam)
+    D   = max(√v̂, v_floor) + ε           (v_floor defaults to η·λ, see below)
+    d   = (g + λ·w) / D                  (the decay is preconditioned with the gradient)
+    buf = β·buf + d                      (first step: buf = d)
+    w   = w − η·buf
+    β   = max(0, 1 − ζ√(ηλ/s))²
+
+Why: AdamCDM uses ``d = g/D + λw``, whose fixed point ``∇L = −λ·D·w`` minimises the D-weighted
+objective ``L + (λ/2)·wᵀDw``. Here the whole direction is divided by the same positive D, so the
+heavy ball stops where ``g + λw = 0``: the stationary point of ``L + (λ/2)‖w‖²``, the target of
+the quadratic theory (the minimum-ℓ2-norm interpolant as λ → 0), whatever D is.
+
+In Adam's metric a flat direction (g = 0) has curvature ``λ/D``. The momentum is set for the
+typical one, ``λ/s`` with ``s`` a scalar summary of D (default: the median of D over all
+entries at the first step, then kept, stored in the param group): flat directions with ``D ≈ s``
+are critically damped at rate ``1 − ζ√(ηλ/s)``; those with ``D < s`` are under-damped and decay
+at rate ``√β`` (the same modulus); those with ``D > s`` are over-damped (slower). Heavy ball is
+stable for ``η·λ/D < 2(1 + β)``; the floor ``D ≥ η·λ`` keeps ``η·λ/D ≤ 1``.
+
+To match AdamCDM's flat-mode rate at the same η, use ``λ_ℓ2 = λ_AdamCDM · s``.
+
+``init_from_adam(adam)`` copies ``exp_avg_sq`` and ``step`` from an Adam/AdamW optimizer over
+the same parameter tensors (the metric carries over at the switch). One per-tensor path (no
+foreach), state in ``self.state[p]``, so ``state_dict`` round-trips.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
+
+__all__ = ["AdamCDML2", "metric_scale"]
+
+
+def _real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check(name: str, value: Any, ok: bool, accepted: str) -> None:
+    if not ok:
+        raise ValueError(f"AdamCDML2: {name} must be {accepted}, got {value!r}")
+
+
+def _denominator(v: Tensor, step: int, beta2: float, v_floor: float, eps: float) -> Tensor:
+    return v.div(1 - beta2**step).sqrt_().clamp_(min=v_floor).add_(eps)
+
+
+@torch.no_grad()
+def metric_scale(
+    exp_avg_sqs: list[Tensor], steps: list[int], beta2: float = 0.98, eps: float = 1e-8
+) -> float:
+    """Median over all entries of ``√v̂ + ε`` (the default ``s``; no floor applied)."""
+    flat = [
+        v.div(1 - beta2**t).sqrt().add_(eps).reshape(-1)
+        for v, t in zip(exp_avg_sqs, steps, strict=True)
+    ]
+    return float(torch.cat(flat).float().median())
+
+
+class AdamCDML2(Optimizer):
+    """Heavy ball on ``(g + λw)/D``: Adam's metric on the whole direction, ℓ2 fixed point.
+
+    Args:
+        params: parameters or param groups.
+        lr: step size η > 0.
+        weight_decay: λ > 0 (ℓ2 strength; ``g + λw = 0`` at the fixed point).
+        damping: ζ > 0, 1 = critical for a flat direction with ``D = s``.
+        beta2: second-moment decay β₂ in [0, 1).
+        eps: ε ≥ 0 added to the denominator.
+        v_floor: lower bound ≥ 0 on √v̂; None (default) means η·λ (flat-mode stability).
+        metric_scale: s > 0; None (default) measures it at the first step (median of D).
+        momentum: explicit β in [0, 1), overriding the formula (0 gives preconditioned GD).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        weight_decay: float,
+        damping: float = 1.0,
+        beta2: float = 0.98,
+        eps: float = 1e-8,
+        v_floor: float | None = None,
+        metric_scale: float | None = None,
+        momentum: float | None = None,
+    ) -> None:
+        _check("lr", lr, _real(lr) and lr > 0, "a float > 0")
+        _check("weight_decay", weight_decay, _real(weight_decay) and weight_decay > 0, "> 0")
+        _check("damping", damping, _real(damping) and damping > 0, "a float > 0")
+        _check("beta2", beta2, _real(beta2) and 0 <= beta2 < 1, "in [0, 1)")
+        _check("eps", eps, _real(eps) and eps >= 0, "a float >= 0")
+        _check("v_floor", v_floor, v_floor is None or (_real(v_floor) and v_floor >= 0), ">= 0")
+        ok_s = metric_scale is None or (_real(metric_scale) and metric_scale > 0)
+        _check("metric_scale", metric_scale, ok_s, "None or a float > 0")
+        ok_m = momentum is None or (_real(momentum) and 0 <= momentum < 1)
+        _check("momentum", momentum, ok_m, "None or a float in [0, 1)")
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            damping=damping,
+            beta2=beta2,
+            eps=eps,
+            v_floor=v_floor,
+            metric_scale=metric_scale,
+            momentum=momentum,
+        )
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def group_momentum(group: dict[str, Any]) -> float:
+        """β at the group's current η, λ, ζ and s (explicit momentum if given)."""
+        if group["momentum"] is not None:
+            return float(group["momentum"])
+        s = group["metric_scale"]
+        if s is None:
+            raise RuntimeError("AdamCDML2: metric_scale is measured at the first step")
+        kappa = group["lr"] * group["weight_decay"] / s
+        return max(0.0, 1.0 - group["damping"] * math.sqrt(kappa)) ** 2
+
+    @staticmethod
+    def _floor(group: dict[str, Any]) -> float:
+        vf = group["v_floor"]
+        return group["lr"] * group["weight_decay"] if vf is None else float(vf)
+
+    @torch.no_grad()
+    def init_from_adam(self, adam: Optimizer) -> int:
+        """Copy Adam's ``exp_avg_sq`` and ``step`` for shared parameters; returns the count."""
+        carried = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                src = adam.state.get(p, {})
+                if "exp_avg_sq" in src:
+                    self.state[p]["exp_avg_sq"] = src["exp_avg_sq"].detach().clone()
+                    self.state[p]["step"] = int(src["step"])
+                    carried += 1
+        return carried
+
+    @torch.no_grad()
+    def denominators(self) -> list[Tensor | None]:
+        """``D`` per parameter (None where no second moment exists yet)."""
+        out: list[Tensor | None] = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p, {})
+                if "exp_avg_sq" not in st or int(st["step"]) == 0:
+                    out.append(None)
+                    continue
+                out.append(
+                    _denominator(
+                        st["exp_avg_sq"],
+                        int(st["step"]),
+                        group["beta2"],
+                        self._floor(group),
+                        group["eps"],
+                    )
+                )
+        return out
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta2, eps, lr, wd = group["beta2"], group["eps"], group["lr"], group["weight_decay"]
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                st = self.state[p]
+                if "exp_avg_sq" not in st:
+                    st["exp_avg_sq"] = torch.zeros_like(p)
+                    st["step"] = 0
+                st["step"] = int(st["step"]) + 1
+                st["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            if group["metric_scale"] is None and params:
+                group["metric_scale"] = metric_scale(
+                    [self.state[p]["exp_avg_sq"] for p in params],
+                    [self.state[p]["step"] for p in params],
+                    beta2,
+                    eps,
+                )
+            beta = self.group_momentum(group)
+            group["momentum_used"] = beta
+            floor = self._floor(group)
+            for p in params:
+                st = self.state[p]
+                denom = _denominator(st["exp_avg_sq"], st["step"], beta2, floor, eps)
+                d = p.grad.add(p, alpha=wd).div_(denom)
+                buf = st.get("momentum_buffer")
+                if buf is None:
+                    st["momentum_buffer"] = buf = d
+                else:
+                    buf.mul_(beta).add_(d)
+                p.add_(buf, alpha=-lr)
+        return loss

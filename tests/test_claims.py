@@ -1,0 +1,141 @@
+"""The claims analysis (slope fit, milestones) and the ℓ2-targeting AdamCDML2."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from groktimizer import AdamCDM
+from groktimizer.adam_cdm_l2 import AdamCDML2
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ca = _script("claims_analysis")
+
+
+def test_bootstrap_slope_recovers_half_and_separates_it_from_one():
+    rng = np.random.default_rng(1)
+    x = np.repeat([1e-4, 1e-3, 1e-2, 1e-1], 3)
+    y = 7.0 * x**-0.5 * np.exp(rng.normal(0, 0.1, x.size))
+    slope, (lo, hi) = ca.bootstrap_slope(x, y, n_boot=500)
+    assert abs(slope + 0.5) < 0.05
+    assert lo <= -0.5 <= hi
+    assert hi - lo < 0.2 and lo > -1.0
+
+
+def test_bootstrap_resamples_within_each_x():
+    # with one exact point per x every resample is the data: a zero-width interval
+    x = np.array([1e-3, 1e-2, 1e-1])
+    slope, (lo, hi) = ca.bootstrap_slope(x, 3 * x**-1.0, n_boot=50)
+    assert slope == pytest.approx(-1.0) and lo == pytest.approx(hi)
+
+
+def test_settle_time_of_an_exponential_decay():
+    c = 0.01
+    k = np.arange(0, 2000, 10)
+    n = 10 + 5 * np.exp(-c * k)
+    t = ca.settle_time(k, n, 10.0, 0.05 * 5)
+    assert abs(t - math.log(20) / c) <= 10
+    assert ca.settle_time(k, n, 10.0, 1e-9) is None  # never settles inside the record
+
+
+def _run(status, k, norms, t_gen=None):
+    return {
+        "status": status,
+        "t_gen99_phase2": t_gen,
+        "curve_cols": ["k", "train_loss", "train_acc", "val_acc", "weight_norm", "dnorm_switch"],
+        "curve": [[kk, 0, 1, 1, nn, 1.0] for kk, nn in zip(k, norms, strict=True)],
+    }
+
+
+def test_milestones_censor_runs_without_a_plateau():
+    k = list(range(0, 500, 10))
+    norms = [100 * math.exp(-0.01 * kk) + 50 for kk in k]
+    m = ca.milestones(_run("budget", k, norms, t_gen=100))
+    assert m["t_norm5"] is None and m["t_drop95"] is None and m["t_gen99"] == 100
+    m = ca.milestones(_run("plateau", k, norms, t_gen=100))
+    # plateau = last sample (n_490 ≈ 50.7): 5% of the plateau is a tighter band than 5% of the drop
+    assert abs(m["t_drop95"] - 300) <= 10 and abs(m["t_norm5"] - 370) <= 20
+    assert 0 < m["drop_at_gen"] < 1
+
+
+def _quadratic(seed=0, d=12):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.cat(
+        [
+            torch.rand(d // 2, generator=g, dtype=torch.float64) + 0.5,
+            torch.zeros(d - d // 2, dtype=torch.float64),
+        ]
+    )  # half the directions flat
+    a = torch.randn(d, generator=g, dtype=torch.float64)
+    w0 = torch.randn(d, generator=g, dtype=torch.float64)
+    return h, a, w0
+
+
+def _descend(opt_cls, h, a, w0, steps=4000, **kw):
+    w = w0.clone().requires_grad_(True)
+    opt = opt_cls([w], **kw)
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * (h * (w - a) ** 2).sum()).backward()
+        opt.step()
+    return w.detach(), opt
+
+
+def test_adam_cdm_l2_reaches_the_l2_fixed_point_and_adam_cdm_does_not():
+    h, a, w0 = _quadratic()
+    lam = 0.05
+    ridge = h * a / (h + lam)  # argmin ½(w−a)ᵀH(w−a) + (λ/2)‖w‖²
+    w, opt = _descend(AdamCDML2, h, a, w0, lr=0.01, weight_decay=lam, metric_scale=0.1)
+    assert torch.allclose(w, ridge, atol=1e-6)
+    assert opt.param_groups[0]["momentum_used"] == pytest.approx(
+        (1 - math.sqrt(0.01 * lam / 0.1)) ** 2
+    )
+    w_adam, _ = _descend(AdamCDM, h, a, w0, lr=0.01, weight_decay=lam)
+    assert (w_adam - ridge).norm() > 1e-2 * ridge.norm()  # a D-weighted target instead
+
+
+def test_adam_cdm_l2_measures_its_metric_scale_and_round_trips():
+    h, a, w0 = _quadratic(1)
+    w, opt = _descend(AdamCDML2, h, a, w0, steps=5, lr=0.01, weight_decay=0.1)
+    s = opt.param_groups[0]["metric_scale"]
+    assert s is not None and s > 0
+    w2 = w.clone().requires_grad_(True)
+    opt2 = AdamCDML2([w2], lr=0.01, weight_decay=0.1)
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.param_groups[0]["metric_scale"] == s
+    assert torch.equal(
+        opt2.state[w2]["momentum_buffer"],
+        opt.state[opt.param_groups[0]["params"][0]]["momentum_buffer"],
+    )
+
+
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        (dict(lr=0.0, weight_decay=1.0), "lr"),
+        (dict(lr=1.0, weight_decay=0.0), "weight_decay"),
+        (dict(lr=1.0, weight_decay=1.0, damping=-1), "damping"),
+        (dict(lr=1.0, weight_decay=1.0, beta2=1.0), "beta2"),
+        (dict(lr=1.0, weight_decay=1.0, metric_scale=0.0), "metric_scale"),
+        (dict(lr=1.0, weight_decay=1.0, momentum=1.0), "momentum"),
+    ],
+)
+def test_adam_cdm_l2_rejects_bad_arguments(kw, name):
+    with pytest.raises(ValueError, match=name):
+        AdamCDML2([torch.zeros(2, requires_grad=True)], **kw)
