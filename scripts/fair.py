@@ -12,7 +12,7 @@ build the table (python -m groktimizer.analysis.fair).
 Overrides after ``--`` reach every train.py command; they may set only the context (trainer.*,
 model.*, dataset.*), never a method's hyperparameters, which belong to the grid.
 
-The grids are the ``hydra.sweeper.params`` of conf/experiment/fair_<method>.yaml (8 points each,
+The grids live in conf/fair/grids.yaml (8 points each at full scale,
 same budget). Sweeps go to outputs/multiruns/fair/<scale>/<model>/{tune,report}/<method>; every
 tuning job's folder is named by its overrides and a report run by its role, so running again
 resumes unfinished runs and skips finished ones. Tables: outputs/results/fair/<model> (full) or
@@ -47,33 +47,16 @@ SCALE_OVERRIDES = {
         "transformer": ["trainer.max_steps=40", "trainer.checkpoint_every=100"],
     },
 }
-# smoke: two points of each grid (the swept keys overridden on the command line win over the
-# experiment's hydra.sweeper.params), still including each method's reference point
-SMOKE_GRID = {
-    "adamw": ["optimizer.weight_decay=1,5"],
-    "adam_ema": [
-        "grad_filter.alpha=0.98",
-        "grad_filter.lamb=2",
-        "optimizer.weight_decay=0.005,0.02",
-    ],
-    "adam_ma": ["grad_filter.window=100", "grad_filter.lamb=5", "optimizer.weight_decay=0.01,0.04"],
-    "biphasic_gd": ["optimizer.weight_decay=1e-3,1e-2"],
-    "groktimizer_cdm": ["optimizer.weight_decay=1e-3,3e-3", "optimizer.damping=1"],
-    "groktimizer": ["optimizer.lr=2e-4", "optimizer.weight_decay=3,5"],
-}
-# cpu: four points of each grid (two for the MA filter), each holding the method's reference
-# point; the raw-gradient phase-2 ablations (biphasic_gd, groktimizer_cdm) are left out
-CPU_GRID = {
-    "adamw": ["optimizer.weight_decay=1,3,5,10"],
-    "adam_ema": [
-        "grad_filter.alpha=0.98",
-        "grad_filter.lamb=2,5",
-        "optimizer.weight_decay=0.005,0.02",
-    ],
-    "adam_ma": ["grad_filter.window=100", "grad_filter.lamb=5", "optimizer.weight_decay=0.01,0.04"],
-    "groktimizer": ["optimizer.lr=1e-4,2e-4", "optimizer.weight_decay=3,5"],
-}
-GRIDS = {"smoke": SMOKE_GRID, "cpu": CPU_GRID, "full": None}
+
+
+def _load_grids() -> dict[str, dict[str, list[str]]]:
+    """scale -> method -> sweep overrides, from conf/fair/grids.yaml (the one place they live)."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "conf" / "fair" / "grids.yaml").read_text())
+
+
+GRIDS = _load_grids()
 FINISHED = ("completed", "reached-target", "diverged")
 
 
@@ -117,8 +100,7 @@ def tune_command(
 ) -> list[str]:
     sweep = base_dir(scale, model) / "tune" / method
     cmd = [sys.executable, "train.py", "-m", *_common(method, model, scale, extra)]
-    grid = GRIDS[scale]
-    cmd += grid[method] if grid is not None else []
+    cmd += GRIDS[scale][method]
     cmd += [seeds_override(TUNE_SEEDS[scale]), "trainer.progress=false", f"hydra.sweep.dir={sweep}"]
     return cmd + ([f"launcher={launcher}"] if launcher != "basic" else [])
 

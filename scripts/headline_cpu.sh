@@ -9,12 +9,12 @@ export OMP_NUM_THREADS=1
 D=${D:-outputs/multiruns/table2_grokking/full}
 run() { .venv/bin/python train.py -m +experiment=table2_grokking dataset=modular_add "$@" hydra.sweep.dir="$D"; }
 stream_a() {
-  run +method=groktimizer,adamw trainer.max_steps=6000
-  run +method=groktimizer_cdm,biphasic_gd trainer.max_steps=2000 'trainer.seeds=[0,1,2]'
+  run method=groktimizer,adamw trainer.max_steps=6000
+  run method=groktimizer_cdm,biphasic_gd trainer.max_steps=2000 'trainer.seeds=[0,1,2]'
 }
 stream_b() {
-  run +method=adam_ema,adam_ma trainer.max_steps=3000
-  run +method=adamw_tuned optimizer.weight_decay=5.0 trainer.max_steps=6000 'trainer.seeds=[0,1,2]'
+  run method=adam_ema,adam_ma trainer.max_steps=3000
+  run method=adamw_tuned optimizer.weight_decay=5.0 trainer.max_steps=6000 'trainer.seeds=[0,1,2]'
 }
 case "${1:-both}" in
   a) stream_a ;;

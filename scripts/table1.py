@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as _dt
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,32 +51,12 @@ EXPLICIT_MAX = 200_000  # longest explicit cross-check run (steps)
 
 
 def provenance(argv: list[str]) -> dict[str, str]:
-    """Command, date, git commit and hardware, for the header of every output."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src/groktimizer/theory.py", __file__],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        commit += " (theory.py/table1.py modified)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown (no git commit)"
-    return {
-        "command": "python " + " ".join([os.path.relpath(argv[0], ROOT), *argv[1:]]),
-        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "git": commit,
-        "hardware": f"{platform.platform()}; {platform.processor() or platform.machine()}; "
-        f"{os.cpu_count()} CPUs; python {platform.python_version()}; torch {torch.__version__}; "
-        f"numpy {np.__version__}",
-    }
+    """Command, date, git commit and hardware (the project's one provenance helper)."""
+    from groktimizer.experiment import runio
+
+    prov = runio.provenance([os.path.relpath(argv[0], ROOT), *argv[1:]])
+    prov["hardware"] += f"; numpy {np.__version__}"
+    return prov
 
 
 def cross_checks(problem: LinearRegressionProblem, table, explicit_lams, eps: float) -> list[dict]:

@@ -44,3 +44,38 @@ def train_cli(tmp_path):
         )
 
     return _run
+
+
+def _spawning_helpers(module) -> set[str]:
+    """Names of a test module's helper functions that start subprocesses."""
+    import inspect
+
+    names = set()
+    for name, obj in vars(module).items():
+        if inspect.isfunction(obj) and not name.startswith("test_"):
+            try:
+                if "subprocess" in inspect.getsource(obj):
+                    names.add(name)
+            except (OSError, TypeError):
+                pass
+    return names
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that starts a subprocess (train.py, a script) is `slow`, whether or not its
+    author remembered the marker: `pytest -m "not slow"` is the fast in-process suite."""
+    import inspect
+    import re
+
+    helpers: dict[object, set[str]] = {}
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is None or item.get_closest_marker("slow"):
+            continue
+        mod = item.module
+        if mod not in helpers:
+            helpers[mod] = _spawning_helpers(mod)
+        src = inspect.getsource(fn)
+        calls = {m.group(1) for m in re.finditer(r"\b([A-Za-z_]\w*)\(", src)}
+        if "subprocess" in src or "train_cli" in item.fixturenames or calls & helpers[mod]:
+            item.add_marker(pytest.mark.slow)

@@ -11,7 +11,6 @@ import torch  # noqa: E402
 
 from groktimizer.experiment.data import (  # noqa: E402
     TaskData,
-    build_dataset,
     canonical_op,
     digits,
     linear_regression,
@@ -240,7 +239,7 @@ def test_mnist_errors(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="no such path"):
         mnist(source=str(tmp_path / "missing"))
-    with pytest.raises(RuntimeError, match="pass a local path"):
+    with pytest.raises(ValueError, match="pass a local path"):
         mnist(source="nobody/no-such-mnist", cache_dir=str(tmp_path / "cache"))
 
 
@@ -251,10 +250,3 @@ def test_to_casts_floats_only() -> None:
     m = modular_arithmetic(p=7).to("cpu", torch.float64)
     assert m.x_train.dtype == torch.int64 and m.y_train.dtype == torch.int64
     assert isinstance(m, TaskData) and m.extras["p"] == 7
-
-
-def test_build_dataset() -> None:
-    d = build_dataset("modular_arithmetic", op="a*b", p=11, seed=0)
-    assert d.name == "modular_mul_p11"
-    with pytest.raises(ValueError, match="Invalid dataset: 'cifar'"):
-        build_dataset("cifar")

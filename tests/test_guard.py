@@ -9,7 +9,7 @@ from torch import nn
 
 from groktimizer.cdm import CDM
 from groktimizer.experiment import runio
-from groktimizer.experiment.config import ConfigError, validate
+from groktimizer.experiment.config import validate
 from groktimizer.experiment.trainer import Trainer
 from groktimizer.guard import Guard
 
@@ -142,7 +142,7 @@ def test_pipeline_guard_catches_too_large_phase2_step(compose, tmp_path):
     (plain,) = Trainer(compose(*base), tmp_path / "plain").train()
     assert plain["t_switch"] is not None and plain["status"] == "diverged"
 
-    cfg = compose(*base, "optimizer.guard.enabled=true")
+    cfg = compose(*base, "guard=on")
     validate(cfg)
     (res,) = Trainer(cfg, tmp_path / "guarded").train()
     assert res["status"] == "completed", res["message"]
@@ -156,6 +156,8 @@ def test_pipeline_guard_catches_too_large_phase2_step(compose, tmp_path):
     assert rows[-1]["lr"] == pytest.approx(1000.0 * 0.5 ** len(rollbacks))
 
 
-def test_guard_config_is_validated(compose):
-    with pytest.raises(ConfigError, match="optimizer.guard.lr_factor"):
-        validate(compose("optimizer.guard.lr_factor=2.0"))
+def test_guard_config_is_validated_by_its_constructor(compose, tmp_path):
+    from groktimizer.experiment.builders import BuildError
+
+    with pytest.raises(BuildError, match="guard .*lr_factor"):
+        Trainer(compose("guard=on", "guard.lr_factor=2.0", "trainer=smoke"), tmp_path)

@@ -73,7 +73,7 @@ RUN = [
     "model.width=64",
     "model.embed_dim=16",
     "schedule.phase1.lr=0.01",
-    "schedule.switch.criterion=step",
+    "schedule=at_step",
     "schedule.switch.step=40",
     "optimizer.lr=0.3",
     "optimizer.weight_decay=0.01",
@@ -336,18 +336,20 @@ def test_divergence_is_recorded_and_the_multirun_goes_on(tmp_path):
         *TINY,
         "dataset.train_fraction=0.6",
         "schedule.phase1.lr=0.01",
-        "schedule.switch.criterion=step",
+        "schedule=at_step",
         "schedule.switch.step=30",
         "trainer.max_steps=60",
         "optimizer.lr=1e4,0.1",
     )
     assert p.returncode == 0, p.stderr
     by_lr = {}
-    for job in ("0", "1"):
-        text = (sweep / job / runio.RESULTS).read_text()
+    jobs = sorted(p.parent for p in sweep.glob("*/" + runio.RESULTS))
+    assert len(jobs) == 2
+    for job in jobs:
+        text = (job / runio.RESULTS).read_text()
         res = _strict_json(text)
         by_lr[res["config"]["optimizer"]["lr"]] = res
-        for line in (sweep / job / runio.METRICS).read_text().splitlines():
+        for line in (job / runio.METRICS).read_text().splitlines():
             _strict_json(line)  # nan/inf are stored as strings: every line stays valid JSON
     bad, good = by_lr[1e4], by_lr[0.1]
     assert bad["status"] == "diverged"
@@ -361,23 +363,24 @@ def test_divergence_is_recorded_and_the_multirun_goes_on(tmp_path):
 # --------------------------------------------------------------------------- bad input
 # (overrides, substrings the single error line must hold: the value and what is accepted)
 BAD_RUNS = [
-    (["optimizer.damping=0"], ["optimizer.damping=0.0", "accepted a number > 0"]),
-    (["optimizer.weight_decay=-0.1"], ["optimizer.weight_decay=-0.1", "accepted a number >= 0"]),
-    (["optimizer.lr=fast"], ["optimizer.lr='fast'", "'auto'"]),
-    (["optimizer.lr=[1,2]"], ["optimizer.lr=[1, 2]", "accepted a number > 0"]),
-    (["optimizer.name=lion"], ["optimizer.name='lion'", "cdm, adam_cdm"]),
+    (["optimizer.damping=0"], ["optimizer (CDM)", "damping", "0"]),
+    (["optimizer.weight_decay=-0.1"], ["optimizer (CDM)", "weight_decay", "-0.1"]),
+    (["optimizer.lr=fast"], ["optimizer (CDM)", "lr", "'fast'"]),
+    (["optimizer.lr=[1,2]"], ["optimizer (CDM)", "lr", "[1, 2]"]),
+    (["optimizer._target_=torch.optim.Lion"], ["optimizer._target_='torch.optim.Lion'"]),
+    (["optimizer=adamw"], ["method=adamw", "not a phase-2 optimizer"]),
     (["dataset.train_fraction=1.5"], ["train_fraction: 1.5", "(0, 1)"]),
     (["dataset=modular_div", "dataset.p=21"], ["p: 21", "prime"]),
     (["dataset.op=pow"], ["'pow'", "'add'"]),
     (["model=transformer", "dataset=digits"], ["'transformer'", "'digits'", "token inputs"]),
     (["dataset=mnist", "dataset.source=/no/such/mnist"], ["'/no/such/mnist'", "local dataset"]),
-    (["trainer.max_steps=0"], ["trainer.max_steps=0", "an integer > 0"]),
-    (["schedule.switch.criterion=step"], ["schedule.switch.step=None", "integer >= 0"]),
+    (["trainer.max_steps=0"], ["trainer.max_steps=0", "an integer >= 1"]),
+    (["schedule=at_step", "schedule.switch.step=-1"], ["schedule", "step", "-1"]),
     (["trainer.device=tpu"], ["trainer.device='tpu'", "auto, cpu, cuda"]),
     (["trainer.seeds=[1,1]"], ["trainer.seeds=[1, 1]", "distinct"]),
     (["trainer.resume=true"], ["trainer.resume=true", "no checkpoint"]),
     (["model.activation=swish"], ["'swish'", "'relu'"]),
-    (["grad_filter=ema", "grad_filter.alpha=1.0"], ["grad_filter.alpha=1.0", "[0, 1)"]),
+    (["grad_filter=ema", "grad_filter.alpha=1.0"], ["grad_filter", "alpha", "1.0"]),
     (
         ["dataset=linear_regression", "model=linear", "trainer.loss=cross_entropy"],
         ["'cross_entropy'", "classification"],
@@ -402,7 +405,6 @@ BAD_COMPOSE = [
     (["experiment=table2_grokking"], ["+experiment=table2_grokking"]),
     (["model=resnet"], ["model=resnet", "mlp", "transformer"]),
     (["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "Integer"]),
-    (["optimizer.damping=abc"], ["optimizer.damping='abc'", "Float"]),
     (["trainer.stop_at_target=maybe"], ["'maybe'", "bool"]),
     (["trainer.nope=1"], ["trainer.nope", "accepted max_steps, eval_every"]),
     (["dataset.p"], ["'dataset.p'", "key=value"]),
@@ -426,7 +428,7 @@ def test_config_hydra_cannot_compose_is_one_line(compose, overrides, needles):
         (["+experiment=does_not_exist"], "experiment=does_not_exist is not a known option"),
         (["trainer.max_steps=abc"], "trainer.max_steps='abc' is invalid"),
         (["model=transformer", "dataset=digits"], "needs token inputs"),
-        (["optimizer.damping=0"], "optimizer.damping=0.0 is invalid"),
+        (["optimizer.damping=0"], "optimizer (AdamCDM): AdamCDM: damping"),
     ],
 )
 def test_bad_input_through_train_py(tmp_path, overrides, needle):
@@ -513,5 +515,5 @@ def test_submitit_slurm_config_requeues_and_resumes_in_place():
     # the requeued job runs in the same folder, where trainer.resume=auto finds its checkpoint
     from omegaconf import OmegaConf
 
-    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.num}"
+    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.override_dirname}"
     assert cfg.trainer.resume == "auto"

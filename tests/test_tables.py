@@ -31,7 +31,7 @@ def fake_run(seed=0, method="adamw", t_gen99=None, status=None, extra=(), **fiel
         "final_val_acc": 0.995 if t_gen99 is not None else 0.3,
         "final_weight_norm": 20.0,
         "wall_time_s": 1.0,
-        "overrides": [f"+method={method}", "dataset=modular_add", f"seed={seed}", *extra],
+        "overrides": [f"method={method}", "dataset=modular_add", f"seed={seed}", *extra],
         "config": {
             "dataset": {
                 "_target_": "groktimizer.experiment.data.modular_arithmetic",
@@ -178,7 +178,7 @@ def test_table2_and_table5_smoke_end_to_end(tmp_path):
     _train("-m", "+experiment=table2_grokking", "dataset=modular_add", *tiny,
            f"hydra.sweep.dir={sweep}")  # fmt: skip
     # a step far too large: counted as diverged in its own row
-    _train("+experiment=table2_grokking", "+method=adamw", "optimizer.lr=30",
+    _train("+experiment=table2_grokking", "method=adamw", "optimizer.lr=30",
            "trainer.max_loss=50", *tiny, f"hydra.run.dir={sweep}/diverged")  # fmt: skip
     # each ensemble member of each job wrote its own results.json
     assert len(list(sweep.rglob("seed_*/results.json"))) == 2 * (len(METHODS) + 1)

@@ -16,7 +16,7 @@ seeds, with failures counted; and the speedup of GROKtimizer over each baseline,
 median t_gen99 (failures at the budget) with a seed-bootstrap 95% percentile interval.
 
 A method is named by its experiment (``+experiment=fair_adamw`` -> ``adamw``), else by its
-``+method=`` override, else from the resolved config (as the tables do); a setting is the run's
+``method=`` override, else from the resolved config (as the tables do); a setting is the run's
 Hydra overrides minus the seed and the context (trainer, model, dataset, experiment, method).
 """
 

@@ -43,22 +43,9 @@ VALUE_METRICS = (
     "sharpness",
 )
 
-# overrides that do not change what is measured: never split a group
-IGNORED_KEYS = frozenset(
-    {
-        "seed",
-        "trainer.seeds",
-        "trainer.resume",
-        "trainer.progress",
-        "trainer.plots",
-        "trainer.device",
-        "trainer.ensemble",
-        "trainer.compile",
-        "trainer.checkpoint_every",
-        "experiment_name",
-    }
-)
-IGNORED_PREFIXES = ("hydra", "logger", "launcher", "hparams_search")
+# overrides that do not change what is measured never split a group: the run-invariant keys and
+# the seeds (a group is one method on one task with every seed it was run with)
+SEED_KEYS = frozenset({"seed", "trainer.seeds"})
 # keys shown through the task / method labels rather than the "variant" column
 LABEL_KEYS = frozenset({"method", "dataset", "dataset.op", "dataset.p", "experiment"})
 
@@ -115,7 +102,7 @@ def load_runs(sweep_dirs: str | Path | Iterable[str | Path]) -> list[dict[str, A
 
 # --------------------------------------------------------------------------- grouping
 def parse_override(text: str) -> tuple[str, str]:
-    """``+method=adamw`` -> ("method", "adamw"); ``~key`` -> ("key", "~")."""
+    """``method=adamw`` or ``+method=adamw`` -> ("method", "adamw"); ``~key`` -> ("key", "~")."""
     key, _, value = text.partition("=")
     deleted = key.startswith("~")
     key = key.lstrip("+~")
@@ -123,7 +110,7 @@ def parse_override(text: str) -> tuple[str, str]:
 
 
 def _ignored(key: str) -> bool:
-    return key in IGNORED_KEYS or key.split(".")[0].split("/")[0] in IGNORED_PREFIXES
+    return key in SEED_KEYS or runio.is_run_invariant(key)
 
 
 def group_key(run: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -133,6 +120,11 @@ def group_key(run: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     if not key:  # not launched through Hydra: its experiment is all we know
         key = (("experiment_name", str(run.get("experiment_name", "default"))),)
     return key
+
+
+def _is_single_phase(run: dict[str, Any]) -> bool:
+    schedule = _cfg(run, "schedule") or {}
+    return schedule.get("kind") == "single" or ("_target_" in schedule and not schedule["_target_"])
 
 
 def _cfg(run: dict[str, Any], dotted: str, default: Any = None) -> Any:
@@ -145,16 +137,25 @@ def _cfg(run: dict[str, Any], dotted: str, default: Any = None) -> Any:
 
 
 def method_label(run: dict[str, Any]) -> str:
-    """The ``method=`` override when there is one, else a name read from the resolved config."""
+    """The ``method=`` override when there is one, else the method group's choice recorded in
+    results.json, else a name read from the resolved config (``optimizer._target_``, or the
+    ``optimizer.name`` of runs written before configs named classes)."""
     for k, v in (parse_override(o) for o in run.get("overrides") or []):
         if k == "method":
             return v
-    opt = _cfg(run, "optimizer.name", "?")
+    if run.get("method"):
+        return str(run["method"])
+    target = _cfg(run, "optimizer._target_")
+    opt = str(target).rsplit(".", 1)[-1].lower() if target else _cfg(run, "optimizer.name", "?")
     if opt == "cdm" and _cfg(run, "optimizer.momentum") == 0:
         opt = "gd"
-    filt = _cfg(run, "grad_filter.kind", "none")
+    filt = _cfg(run, "grad_filter._target_") or _cfg(run, "grad_filter.kind", "none")
+    filt = {"groktimizer.GradFilterEMA": "ema", "groktimizer.GradFilterMA": "ma"}.get(filt, filt)
     name = opt if filt in (None, "none") else f"{opt}+{filt}"
-    if _cfg(run, "schedule.kind") == "biphasic":
+    if _cfg(run, "schedule._target_"):
+        phase1 = str(_cfg(run, "schedule.phase1._target_", "?")).rsplit(".", 1)[-1].lower()
+        name = f"{phase1}->{name}"
+    elif _cfg(run, "schedule.kind") == "biphasic":
         name = f"{_cfg(run, 'schedule.phase1.name', '?')}->{name}"
     return name
 
@@ -254,7 +255,7 @@ def _number(x: Any) -> float | None:
 
 def step_value(run: dict[str, Any], metric: str) -> float | None:
     """A step milestone: the step, +inf when not reached (censored), None when not applicable."""
-    if metric == "t_switch" and _cfg(run, "schedule.kind") == "single":
+    if metric == "t_switch" and _is_single_phase(run):
         return None
     v = _number(run.get(metric))
     return INF if v is None or math.isnan(v) else v

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from groktimizer.experiment.builders import BuildError
 from groktimizer.experiment.config import ConfigError, validate
 
 EXIT_BAD_INPUT = 2
@@ -50,12 +51,10 @@ def run(cfg: Any, run_dir: str | None = None) -> float:
         # a checkpoint that is missing (resume=true), unreadable, or from another config
         trainer.check_resume()
     except (
-        ConfigError,
-        ValueError,
+        ConfigError,  # a value out of range, a non-phase-2 optimizer under a biphasic schedule
+        BuildError,  # a constructor refused its arguments (names the config node)
+        ValueError,  # a data set's or checkpoint's one-line refusal
         OSError,  # FileNotFoundError: a data path, resume=true without a checkpoint
-        KeyError,
-        TypeError,
-        RuntimeError,  # a data set that cannot be loaded (e.g. a hub id offline)
         pickle.UnpicklingError,
         HydraException,  # instantiate: a _target_ that does not exist
     ) as err:

@@ -8,6 +8,8 @@ work starts and raises :class:`ConfigError` with one line naming the value and w
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,96 +101,6 @@ class LinearConfig:
     bias: bool = False
 
 
-# --------------------------------------------------------------------------- optimizers
-@dataclass
-class GuardConfig:
-    """groktimizer.guard.Guard around the optimizer (phase 2 only under schedule=biphasic).
-
-    Checked at every evaluation: a train loss above rollback_ratio * max(last good loss,
-    loss_floor) (or non-finite) rolls back to the last good state with lr *= lr_factor; a rise
-    above (1 + restart_rise) * previous loss resets the momentum (null: off);
-    restart_on_alignment resets it whenever (g + wd*w) . dw > 0 (one host sync per step).
-    """
-
-    enabled: bool = False
-    rollback_ratio: float = 10.0
-    loss_floor: float = 1e-2
-    lr_factor: float = 0.5
-    restart_rise: float | None = None
-    restart_on_alignment: bool = False
-
-
-@dataclass
-class OptimizerConfig:
-    """The optimizer that runs alone (schedule=single) or as phase 2 (schedule=biphasic).
-
-    ``name``: cdm | adam_cdm | sgd | adam | adamw. Fields that do not apply to a name are ignored.
-    ``lr`` may be the string "auto" for CDM-type phase-2 optimizers (curvature at the switch).
-    """
-
-    name: str = "cdm"
-    lr: Any = 1.0
-    weight_decay: float = 1e-3
-    damping: float = 1.0
-    nesterov: bool = False
-    momentum: float | None = None
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-8
-    # AdamCDM: floor on sqrt(v_hat) and whether v stays frozen after the switch
-    v_floor: float | None = None
-    freeze_v: bool = False
-    # parameters whose names contain one of these get no weight decay ("bias", "norm", "embed")
-    no_decay: list[str] = field(default_factory=list)
-    # lr="auto": eta = safety / (h_max + weight_decay)
-    lr_auto_safety: float = 0.5
-    # adaptive restart / rollback guard (events land in results.json "events")
-    guard: GuardConfig = field(default_factory=GuardConfig)
-
-
-@dataclass
-class Phase1Config:
-    name: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-8
-    momentum: float = 0.0
-
-
-@dataclass
-class SwitchConfig:
-    """When phase 1 hands over to phase 2.
-
-    criterion: accuracy (train_acc >= threshold for `patience` evals) | loss (train_loss <=
-    threshold) | step (at `step`) | rho (||grad L|| / (lambda ||w||) < threshold for `patience`).
-    """
-
-    criterion: str = "accuracy"
-    threshold: float = 0.999
-    patience: int = 3
-    step: int | None = None
-
-
-@dataclass
-class ScheduleConfig:
-    """Phase schedule: `single` runs `optimizer` alone; `biphasic` is GROKtimizer."""
-
-    kind: str = "biphasic"
-    phase1: Phase1Config = field(default_factory=Phase1Config)
-    switch: SwitchConfig = field(default_factory=SwitchConfig)
-
-
-@dataclass
-class GradFilterConfig:
-    """Gradient filter baseline (Grokfast): none | ema | ma."""
-
-    kind: str = "none"
-    alpha: float = 0.98
-    lamb: float = 2.0
-    window: int = 100
-    warmup: bool = True
-
-
 # --------------------------------------------------------------------------- trainer, logger
 @dataclass
 class TrainerConfig:
@@ -206,7 +118,9 @@ class TrainerConfig:
     checkpoint_every: int = 1000
     resume: str = "auto"  # auto (resume if a checkpoint is in the run dir) | true | false
     seeds: list[int] | None = None  # train these seeds as one batched ensemble
-    ensemble: str = "vmap"  # vmap | loop (how ensemble members' forward passes are batched)
+    # how ensemble members' forward passes run: vmap (batched), loop (one after another), auto
+    # (vmap on CUDA, loop on CPU, where one after another is faster for these small models)
+    ensemble: str = "auto"
     compile: bool = False
     progress: bool = True
     plots: bool = True
@@ -233,15 +147,23 @@ class LoggerConfig:
 
 @dataclass
 class TrainConfig:
+    """The composed run. ``optimizer``, ``schedule``, ``grad_filter`` and ``guard`` are free-form
+    ``_target_`` nodes (any importable class), validated by the constructors they name."""
+
     dataset: Any = MISSING
     model: Any = MISSING
-    optimizer: OptimizerConfig = MISSING
-    schedule: ScheduleConfig = MISSING
-    grad_filter: GradFilterConfig = MISSING
+    optimizer: Any = MISSING
+    schedule: Any = MISSING
+    grad_filter: Any = MISSING
+    guard: Any = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     seed: int = 0
     experiment_name: str = "default"
+    # parameters whose names contain one of these get no weight decay ("bias", "norm", "embed")
+    no_decay: list[str] = field(default_factory=list)
+    # a biphasic schedule takes a CDM-type phase 2 (CDM, AdamCDM); true lets any optimizer in
+    allow_any_phase2: bool = False
 
 
 _SCHEMAS: dict[str, dict[str, Any]] = {
@@ -257,9 +179,6 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "transformer_schema": TransformerConfig,
         "linear_schema": LinearConfig,
     },
-    "optimizer": {"optimizer_schema": OptimizerConfig},
-    "schedule": {"schedule_schema": ScheduleConfig},
-    "grad_filter": {"grad_filter_schema": GradFilterConfig},
     "trainer": {"trainer_schema": TrainerConfig},
     "logger": {"logger_schema": LoggerConfig},
 }
@@ -275,117 +194,153 @@ def register_configs() -> None:
 
 
 # --------------------------------------------------------------------------- validation
-OPTIMIZERS = ("cdm", "adam_cdm", "sgd", "adam", "adamw")
-PHASE1_OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("single", "biphasic")
-SWITCH_CRITERIA = ("accuracy", "loss", "step", "rho")
-GRAD_FILTERS = ("none", "ema", "ma")
-DTYPES = ("float32", "float64")
-LOSSES = ("auto", "cross_entropy", "mse")
-LOGGERS = ("none", "wandb")
-WANDB_MODES = ("online", "offline", "disabled")
-RESUME = ("auto", "true", "false")
+# Every field of the trainer and logger schemas has a check here (a test walks the schemas);
+# datasets, models, optimizers, schedules, filters and guards are checked by their constructors.
+def _int(lo: int, hi: int | None = None, none: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if v is None:
+            return none
+        return type(v) is int and v >= lo and (hi is None or v <= hi)
+
+    text = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+    return ok, ("null or " + text) if none else text
 
 
-def _fail(path: str, value: Any, accepted: str) -> None:
-    raise ConfigError(f"{path}={value!r} is invalid: accepted {accepted}")
+def _num(lo: float, hi: float, lo_open: bool = True, none: bool = False):
+    def ok(v: Any) -> bool:
+        if v is None:
+            return none
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return (v > lo if lo_open else v >= lo) and v <= hi
+
+    left = "(" if lo_open else "["
+    hi_s = "inf)" if hi == math.inf else f"{hi:g}]"
+    text = f"a number in {left}{lo:g}, {hi_s}"
+    return ok, ("null or " + text) if none else text
 
 
-def _one_of(path: str, value: Any, options: tuple[str, ...]) -> None:
-    if value not in options:
-        _fail(path, value, "one of " + ", ".join(options))
+def _choice(*options: str):
+    return (lambda v: str(v).lower() in options), "one of " + ", ".join(options)
+
+
+def _bool():
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _str(max_len: int = 100, none: bool = False):
+    def ok(v: Any) -> bool:
+        if v is None:
+            return none
+        return isinstance(v, str) and 0 < len(v) <= max_len and "/" not in v and "\0" not in v
+
+    return ok, f"a non-empty name of at most {max_len} characters without '/'"
+
+
+def _seeds():
+    def ok(v: Any) -> bool:
+        if v is None:
+            return True
+        vals = list(v)
+        return (
+            len(vals) > 0
+            and all(type(s) is int and 0 <= s < 2**63 for s in vals)
+            and len(set(vals)) == len(vals)
+        )
+
+    return ok, "null or a non-empty list of distinct integers in [0, 2^63)"
+
+
+def _device():
+    def ok(v: Any) -> bool:
+        s = str(v)
+        return s in ("auto", "cpu", "cuda") or (s.startswith("cuda:") and s[5:].isdigit())
+
+    return ok, "auto, cpu, cuda or cuda:N"
+
+
+MAX_STEPS = 10**9
+TRAINER_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "max_steps": _int(1, MAX_STEPS),
+    "eval_every": _int(1, MAX_STEPS),
+    "batch_size": _int(1, none=True),
+    "device": _device(),
+    "dtype": _choice("float32", "float64"),
+    "loss": _choice("auto", "cross_entropy", "mse"),
+    "target_val_acc": _num(0, 1),
+    "stop_at_target": _bool(),
+    "interp_threshold": _num(0, 1),
+    "regression_tol": _num(0, math.inf),
+    "checkpoint_every": _int(1, MAX_STEPS),
+    "resume": _choice("auto", "true", "false"),
+    "seeds": _seeds(),
+    "ensemble": _choice("auto", "vmap", "loop"),
+    "compile": _bool(),
+    "progress": _bool(),
+    "plots": _bool(),
+    "sharpness": _bool(),
+    "sharpness_iters": _int(1, 10_000),
+    "max_loss": _num(0, math.inf, none=True),
+    "grad_clip": _num(0, math.inf, none=True),
+    "flush_denormal": _bool(),
+    "threads": _int(1, 1024, none=True),
+}
+LOGGER_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "kind": _choice("none", "wandb"),
+    "mode": _choice("online", "offline", "disabled"),
+    "project": _str(),
+    "entity": _str(none=True),
+    "group": _str(128, none=True),
+    "tags": ((lambda v: all(isinstance(t, str) and 0 < len(t) <= 64 for t in v)), "strings"),
+    "job_type": _str(64),
+}
+TOP_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": _int(0, 2**63 - 1),
+    "experiment_name": _str(100),
+    "no_decay": ((lambda v: all(isinstance(s, str) and s for s in v)), "a list of name parts"),
+    "allow_any_phase2": _bool(),
+}
+_SECTIONS = {"trainer": TRAINER_CHECKS, "logger": LOGGER_CHECKS, "": TOP_CHECKS}
+
+# phase-2 optimizers a biphasic schedule accepts without allow_any_phase2
+PHASE2_CLASSES = ("groktimizer.cdm.CDM", "groktimizer.adam_cdm.AdamCDM")
 
 
 def validate(cfg: Any) -> None:
-    """Check ranges the schema's types cannot express. Raises ConfigError (one line)."""
-    t = cfg.trainer
-    if t.max_steps <= 0:
-        _fail("trainer.max_steps", t.max_steps, "an integer > 0")
-    if t.eval_every <= 0:
-        _fail("trainer.eval_every", t.eval_every, "an integer > 0")
-    if t.checkpoint_every <= 0:
-        _fail("trainer.checkpoint_every", t.checkpoint_every, "an integer > 0")
-    if t.threads is not None and t.threads <= 0:
-        _fail("trainer.threads", t.threads, "null (torch's default) or an integer > 0")
-    if t.batch_size is not None and t.batch_size <= 0:
-        _fail("trainer.batch_size", t.batch_size, "null (full batch) or an integer > 0")
-    if not 0.0 < t.target_val_acc <= 1.0:
-        _fail("trainer.target_val_acc", t.target_val_acc, "a number in (0, 1]")
-    if not 0.0 < t.interp_threshold <= 1.0:
-        _fail("trainer.interp_threshold", t.interp_threshold, "a number in (0, 1]")
-    _one_of("trainer.dtype", t.dtype, DTYPES)
-    _one_of("trainer.loss", t.loss, LOSSES)
-    _one_of("trainer.resume", str(t.resume).lower(), RESUME)
-    _one_of("trainer.ensemble", t.ensemble, ("vmap", "loop"))
-    dev = str(t.device)
-    if not (dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:")):
-        _fail("trainer.device", dev, "auto, cpu, cuda or cuda:N")
-    if t.seeds is not None:
-        if len(t.seeds) == 0:
-            _fail("trainer.seeds", list(t.seeds), "null or a non-empty list of integers")
-        if len(set(t.seeds)) != len(t.seeds):
-            _fail("trainer.seeds", list(t.seeds), "distinct seeds")
-
-    o = cfg.optimizer
-    _one_of("optimizer.name", o.name, OPTIMIZERS)
-    if isinstance(o.lr, str):
-        if o.lr != "auto" or o.name not in ("cdm", "adam_cdm"):
-            _fail("optimizer.lr", o.lr, "a number > 0 (or 'auto' for cdm / adam_cdm)")
-    elif isinstance(o.lr, bool) or not isinstance(o.lr, (int, float)) or not o.lr > 0:
-        _fail("optimizer.lr", o.lr, "a number > 0")
-    if o.weight_decay < 0:
-        _fail("optimizer.weight_decay", o.weight_decay, "a number >= 0")
-    if o.name in ("cdm", "adam_cdm"):
-        if not o.damping > 0:
-            _fail("optimizer.damping", o.damping, "a number > 0 (1 = critical damping)")
-        if o.weight_decay == 0 and o.momentum is None:
-            _fail(
-                "optimizer.weight_decay",
-                o.weight_decay,
-                "a number > 0 for CDM (beta = (1 - damping*sqrt(lr*weight_decay))^2), "
-                "or set optimizer.momentum",
+    """Check the fields no constructor sees and how fields relate. Raises ConfigError (one line)."""
+    for section, checks in _SECTIONS.items():
+        node = cfg[section] if section else cfg
+        for key, (ok, accepted) in checks.items():
+            value = node[key]
+            if not ok(value):
+                path = f"{section}.{key}" if section else key
+                shown = (
+                    list(value)
+                    if hasattr(value, "__iter__") and not isinstance(value, str)
+                    else value
+                )
+                raise ConfigError(f"{path}={shown!r} is invalid: accepted {accepted}")
+    for group in ("optimizer",):
+        if not cfg[group].get("_target_"):
+            raise ConfigError(f"{group}._target_ is missing: name the class to build")
+    if cfg.schedule.get("_target_") and not cfg.allow_any_phase2:
+        cls = _class(cfg.optimizer._target_, "optimizer._target_")
+        phase2 = tuple(_class(name, "") for name in PHASE2_CLASSES)
+        if not issubclass(cls, phase2):
+            raise ConfigError(
+                f"optimizer._target_={cfg.optimizer._target_} under a biphasic schedule is not a "
+                "phase-2 optimizer: accepted CDM or AdamCDM (groktimizer); for a one-phase "
+                f"baseline use method=<name> (e.g. method=adamw) or schedule=single, or set "
+                "allow_any_phase2=true"
             )
-    if not 0 < o.lr_auto_safety <= 2:
-        _fail("optimizer.lr_auto_safety", o.lr_auto_safety, "a number in (0, 2]")
-    gd = o.guard
-    if not gd.rollback_ratio > 1:
-        _fail("optimizer.guard.rollback_ratio", gd.rollback_ratio, "a number > 1")
-    if not gd.loss_floor > 0:
-        _fail("optimizer.guard.loss_floor", gd.loss_floor, "a number > 0")
-    if not 0 < gd.lr_factor < 1:
-        _fail("optimizer.guard.lr_factor", gd.lr_factor, "a number in (0, 1)")
-    if gd.restart_rise is not None and not gd.restart_rise > 0:
-        _fail("optimizer.guard.restart_rise", gd.restart_rise, "null or a number > 0")
+    if str(cfg.schedule.get("lr", None)) == "auto" and not cfg.schedule.get("_target_"):
+        raise ConfigError("schedule.lr='auto' is invalid: accepted only with a biphasic schedule")
 
-    s = cfg.schedule
-    _one_of("schedule.kind", s.kind, SCHEDULES)
-    if s.kind == "biphasic":
-        _one_of("schedule.phase1.name", s.phase1.name, PHASE1_OPTIMIZERS)
-        if not s.phase1.lr > 0:
-            _fail("schedule.phase1.lr", s.phase1.lr, "a number > 0")
-        if s.phase1.weight_decay < 0:
-            _fail("schedule.phase1.weight_decay", s.phase1.weight_decay, "a number >= 0")
-        sw = s.switch
-        _one_of("schedule.switch.criterion", sw.criterion, SWITCH_CRITERIA)
-        if sw.criterion == "step":
-            if sw.step is None or sw.step < 0:
-                _fail("schedule.switch.step", sw.step, "an integer >= 0 with criterion=step")
-        elif sw.criterion == "accuracy" and not 0 < sw.threshold <= 1:
-            _fail("schedule.switch.threshold", sw.threshold, "a number in (0, 1] for accuracy")
-        elif not sw.threshold > 0:
-            _fail("schedule.switch.threshold", sw.threshold, "a number > 0")
-        if sw.patience < 1:
-            _fail("schedule.switch.patience", sw.patience, "an integer >= 1")
-    elif isinstance(o.lr, str):
-        _fail("optimizer.lr", o.lr, "a number > 0 ('auto' needs schedule=biphasic)")
 
-    g = cfg.grad_filter
-    _one_of("grad_filter.kind", g.kind, GRAD_FILTERS)
-    if g.kind == "ema" and not 0 <= g.alpha < 1:
-        _fail("grad_filter.alpha", g.alpha, "a number in [0, 1)")
-    if g.kind == "ma" and g.window < 1:
-        _fail("grad_filter.window", g.window, "an integer >= 1")
+def _class(path: str, key: str) -> type:
+    from hydra.utils import get_class
 
-    lg = cfg.logger
-    _one_of("logger.kind", lg.kind, LOGGERS)
-    _one_of("logger.mode", lg.mode, WANDB_MODES)
+    try:
+        return get_class(path)
+    except Exception as err:  # noqa: BLE001 -- any import failure is the user's path
+        raise ConfigError(f"{key}={path!r} is invalid: accepted an importable class") from err

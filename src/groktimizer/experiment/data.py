@@ -39,8 +39,6 @@ __all__ = [
     "linear_regression",
     "digits",
     "mnist",
-    "DATASETS",
-    "build_dataset",
 ]
 
 INPUT_KINDS = ("tokens", "features")
@@ -437,6 +435,10 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
+class DataLoadError(ValueError):
+    """A data set could not be loaded (one line naming the source and what to do)."""
+
+
 def _load_source(source: str, cache_dir: str | None):
     """A ``Dataset`` or ``DatasetDict`` from a hub id, a ``save_to_disk`` folder or data files."""
     import datasets
@@ -457,13 +459,13 @@ def _load_source(source: str, cache_dir: str | None):
                 return datasets.load_from_disk(path)
             return datasets.load_dataset(path, cache_dir=cache_dir)
         except Exception as err:  # noqa: BLE001 - re-raised with the source named
-            raise RuntimeError(
+            raise DataLoadError(
                 f"could not load MNIST from local path {source!r}: {type(err).__name__}: {err}"
             ) from err
     try:
         return datasets.load_dataset(source, cache_dir=cache_dir)
     except Exception as err:  # noqa: BLE001 - offline machines land here
-        raise RuntimeError(
+        raise DataLoadError(
             f"could not load MNIST from hub id {source!r} ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); without network, pass a local "
             "path (a folder written by Dataset.save_to_disk, or parquet/arrow files) as source"
@@ -553,19 +555,3 @@ def mnist(
 
 
 # --------------------------------------------------------------------------- dispatch
-
-DATASETS: dict[str, Callable[..., TaskData]] = {
-    "modular_arithmetic": modular_arithmetic,
-    "modular": modular_arithmetic,
-    "sparse_parity": sparse_parity,
-    "linear_regression": linear_regression,
-    "digits": digits,
-    "mnist": mnist,
-}
-
-
-def build_dataset(name: str, **kwargs: Any) -> TaskData:
-    """``DATASETS[name](**kwargs)``, with a clear error for an unknown name."""
-    if name not in DATASETS:
-        raise ValueError(f"Invalid dataset: {name!r} (accepted: {sorted(DATASETS)})")
-    return DATASETS[name](**kwargs)

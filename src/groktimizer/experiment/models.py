@@ -20,7 +20,7 @@ from torch import nn
 
 from groktimizer.experiment.data import TaskData
 
-__all__ = ["ACTIVATIONS", "MLP", "Transformer", "Linear", "MODELS", "build_model"]
+__all__ = ["ACTIVATIONS", "MLP", "Transformer", "Linear"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -220,17 +220,3 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
-
-
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": MLP,
-    "transformer": Transformer,
-    "linear": Linear,
-}
-
-
-def build_model(name: str, data: TaskData, **kwargs: Any) -> nn.Module:
-    """``MODELS[name](data, **kwargs)``, with a clear error for an unknown name or a bad pair."""
-    if name not in MODELS:
-        raise ValueError(f"Invalid model: {name!r} (accepted: {sorted(MODELS)})")
-    return MODELS[name](data, **kwargs)

@@ -23,6 +23,30 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 _ATOMIC_NAMES = (RESULTS, METRICS, CHECKPOINT, CONFIG)
 
+# config keys (dotted prefixes) that do not change a run's numbers: a resume may change them, and
+# the table builder never splits a group on them
+RUN_INVARIANT_KEYS = (
+    "trainer.resume",
+    "trainer.progress",
+    "trainer.plots",
+    "trainer.device",
+    "trainer.ensemble",
+    "trainer.compile",
+    "trainer.checkpoint_every",
+    "trainer.threads",
+    "experiment_name",
+    "logger",
+    "launcher",
+    "hydra",
+    "hparams_search",
+)
+
+
+def is_run_invariant(key: str) -> bool:
+    return any(
+        key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in RUN_INVARIANT_KEYS
+    )
+
 
 def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +157,38 @@ class MetricsLog:
         rows = [r for r in self.read() if r["step"] <= step]
         write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         return rows
+
+
+def hardware() -> str:
+    """One line naming the machine a figure was measured on (CPU, cores, GPU, torch)."""
+    import platform
+
+    line = (
+        f"{platform.platform()}; {platform.processor() or platform.machine()}; "
+        f"{os.cpu_count()} CPUs; python {platform.python_version()}; torch {torch.__version__}"
+    )
+    if torch.cuda.is_available():
+        line += f"; GPU {torch.cuda.get_device_name(0)}"
+    return line
+
+
+def provenance(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command, date, code version and hardware: the header of every committed result."""
+    import datetime as _dt
+    import sys
+
+    argv = list(sys.argv if argv is None else argv)
+    code = code_version()
+    commit = (code.get("git_commit") or "unknown")[:12]
+    if code.get("git_dirty"):
+        commit += " (uncommitted changes)"
+    return {
+        "command": "python " + " ".join(argv),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "git": commit,
+        "hardware": hardware(),
+        "code": code,
+    }
 
 
 def code_version() -> dict[str, Any]:
