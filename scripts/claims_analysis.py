@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "outputs/results/claims"
 RUNS = OUT / "runs.jsonl"
 BAND = 0.05
+PLATEAU_DRIFT = 0.01  # the driver's stop rule (scripts/claims_net.py)
 
 
 # --------------------------------------------------------------------------- milestones
@@ -40,14 +41,32 @@ def settle_time(ks, values, target: float, tol: float) -> int | None:
     return None if last == len(ks) - 1 else int(ks[last + 1])
 
 
+def truncate(run: dict, drift: float = PLATEAU_DRIFT) -> tuple[np.ndarray, str]:
+    """The curve cut where the driver's stop rule (at ``drift``) first fires, and the status.
+
+    Applied to every run, so runs recorded under a stricter rule are read like the others."""
+    cols = run["curve_cols"]
+    c = np.asarray(run["curve"], dtype=float)
+    if run["status"] != "plateau" or run["t_gen99_phase2"] is None:
+        return c, run["status"]
+    k, n = c[:, cols.index("k")], c[:, cols.index("weight_norm")]
+    for i in range(len(k)):
+        if k[i] < max(100, run["t_gen99_phase2"]):
+            continue
+        j = int(np.searchsorted(k, (k[i] // 2) // 10 * 10))
+        if abs(n[i] - n[j]) / n[i] < drift:
+            return c[: i + 1], "plateau"
+    return c, "plateau"
+
+
 def milestones(run: dict) -> dict:
     """t_gen99, t_norm5, t_drop95 and the norms of one run (see the module docstring)."""
     cols = run["curve_cols"]
-    c = np.asarray(run["curve"], dtype=float)
+    c, status = truncate(run)
     k, n = c[:, cols.index("k")], c[:, cols.index("weight_norm")]
     out = {
         "t_gen99": run["t_gen99_phase2"],
-        "status": run["status"],
+        "status": status,
         "norm_switch": float(n[0]),
         "norm_end": float(n[-1]),
         "dnorm_end": float(c[-1, cols.index("dnorm_switch")]),
@@ -55,7 +74,7 @@ def milestones(run: dict) -> dict:
         "t_drop95": None,
         "drop_at_gen": None,
     }
-    if run["status"] == "plateau":
+    if status == "plateau":
         plateau = n[-1]
         out["t_norm5"] = settle_time(k, n, plateau, BAND * plateau)
         out["t_drop95"] = settle_time(k, n, plateau, BAND * abs(n[0] - plateau))
@@ -110,6 +129,8 @@ def family(cfg: dict) -> str:
 def _fmt(v) -> str:
     if v is None:
         return "—"
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 10:
+        return f"{int(v):,}"
     if isinstance(v, float):
         return f"{v:.3g}"
     return f"{v:,}" if isinstance(v, int) else str(v)
@@ -329,6 +350,8 @@ def write_zeta(runs) -> None:
         and r["config"]["weight_decay"] == 5.0
         and r["config"]["momentum"] is None
     ]
+    if not sel:
+        return
     by: dict[float, list] = defaultdict(list)
     for r in sel:
         by[r["config"]["damping"]].append(r)
@@ -375,6 +398,8 @@ def write_l2(runs) -> None:
         and r["config"]["momentum"] is None
         and r["config"]["kind"] in ("adam_cdm", "adam_cdm_l2")
     ]
+    if not sel:
+        return
     rows = []
     for r in sorted(sel, key=lambda r: (r["config"]["seed"], r["config"]["kind"])):
         m = milestones(r)

@@ -12,7 +12,7 @@ differ only in the phase-2 optimizer: the law's λ points share t_switch by cons
 Each phase-2 run appends one JSON line to outputs/results/claims/runs.jsonl (config, status,
 phase-2 steps to 99% val, norm milestones, the curve every `eval_every` steps); a config already
 there is skipped (resumable). Stop rule: val acc >= 99% reached and the weight norm's relative
-change over the last half of the run below 0.5% (a plateau), or train accuracy < 30% after the
+change over the last half of the run below 1% (a plateau), or train accuracy < 30% after the
 switch (collapse), a non-finite loss (diverged), or the budget.
 """
 
@@ -44,7 +44,7 @@ CACHE = ROOT / "outputs/claims_cache"
 RUNS = OUT / "runs.jsonl"
 EVAL_EVERY = 10
 PATIENCE = 3
-PLATEAU_DRIFT = 0.005
+PLATEAU_DRIFT = 0.01
 COLLAPSE_ACC = 0.3
 
 # η for raw CDM: below GD's bound 2/h_max (h_max ≈ 5.2 at the switch: 0.38) and heavy ball's
@@ -78,12 +78,15 @@ def plans() -> dict[str, list[dict]]:
             _cfg("adam_cdm", ETA_ADAM, lam, s, max_steps=4000) for lam in LAM_ADAM
         ]
 
-    def law_gd(s: int) -> list[dict]:
-        # β = 0 only where GD's horizon ln(1/ε)/(ηλ) can fit the budget (raw ηλ >= 2e-3,
-        # Adam's metric ηλ >= 1e-3); smaller ηλ is stated as censored, not run
+    # β = 0 only where GD's horizon ln(1/ε)/(ηλ) can fit the budget (raw ηλ >= 2e-3,
+    # Adam's metric ηλ >= 1e-3); smaller ηλ is stated as censored, not run
+    def gd_raw(s: int) -> list[dict]:
         return [
             _cfg("cdm", ETA_CDM, lam, s, momentum=0.0, max_steps=2500) for lam in (1e-1, 3e-2, 1e-2)
-        ] + [
+        ]
+
+    def gd_adam(s: int) -> list[dict]:
+        return [
             _cfg("adam_cdm", ETA_ADAM, lam, s, momentum=0.0, max_steps=2500) for lam in (15.0, 5.0)
         ]
 
@@ -99,11 +102,15 @@ def plans() -> dict[str, list[dict]]:
         return [_cfg("adam_cdm_l2", ETA_ADAM, 5.0, s, max_steps=4000)]
 
     p["law"] = law(0) + law(1)
-    p["law_gd"] = law_gd(0) + law_gd(1)
+    p["law_gd"] = gd_raw(0) + gd_adam(0) + gd_raw(1) + gd_adam(1)
     p["zeta"] = zeta(0) + zeta(1) + zeta(2)
     p["l2"] = l2(0) + l2(1)
-    p["all"] = law(0) + law_gd(0) + l2(0) + l2(1) + zeta(0) + zeta(1) + zeta(2) + law(1)
-    p["all"] += law_gd(1)
+    # priority order under a ~40 CPU-minute budget: seed 0 of each claim first (the costly
+    # smallest Adam λ and the β = 0 runs after the cheap ones), then seeds 1 and 2
+    a0 = [c for c in law(0) if c["weight_decay"] != LAM_ADAM[0]]
+    p["all"] = a0 + l2(0) + zeta(0) + gd_adam(0)[1:] + gd_raw(0) + gd_adam(0)[:1]
+    p["all"] += [law(0)[-len(LAM_ADAM)]] + law(1) + l2(1) + zeta(1) + zeta(2)
+    p["all"] += gd_raw(1) + gd_adam(1)
     return p
 
 
@@ -115,9 +122,25 @@ def build(seed: int):
     return data, model
 
 
+def logits(model: MLP, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` for the one-hidden-layer token MLP, computed through per-position tables.
+
+    ``W1·[E[a]; E[b]; E[=]] = Σ_i (E·W1_iᵀ)[x_i]``: the first layer becomes V×512 tables and a
+    gather instead of an N×384×512 matmul (about 4x less arithmetic per step at p = 97). Same
+    function and gradients as ``model(x)`` up to float rounding (checked in tests/test_claims.py).
+    """
+    lin1, act, lin2 = model.net
+    emb, w1 = model.embed.weight, lin1.weight
+    dim = emb.shape[1]
+    h = lin1.bias
+    for i in range(x.shape[1]):
+        h = h + (emb @ w1[:, i * dim : (i + 1) * dim].T)[x[:, i]]
+    return lin2(act(h))
+
+
 @torch.no_grad()
 def val_acc(model, data) -> float:
-    return float((model(data.x_val).argmax(-1) == data.y_val).float().mean())
+    return float((logits(model, data.x_val).argmax(-1) == data.y_val).float().mean())
 
 
 @torch.no_grad()
@@ -134,7 +157,7 @@ def phase1(seed: int, max_steps: int = 3000) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, betas=(0.9, 0.98))
     held, rows, t0 = 0, [], time.time()
     for step in range(max_steps + 1):
-        out = model(data.x_train)
+        out = logits(model, data.x_train)
         loss = F.cross_entropy(out, data.y_train)
         if step % EVAL_EVERY == 0:  # the metrics of the weights after `step` updates
             acc = float((out.argmax(-1) == data.y_train).float().mean())
@@ -231,7 +254,7 @@ def run_phase2(cfg: dict) -> dict:
     status, t_gen99, t0 = "budget", None, time.time()
     norms: dict[int, float] = {}
     for k in range(cfg["max_steps"] + 1):
-        out = model(data.x_train)
+        out = logits(model, data.x_train)
         loss = F.cross_entropy(out, data.y_train)
         if not math.isfinite(float(loss.detach())):
             status = "diverged"

@@ -139,3 +139,22 @@ def test_adam_cdm_l2_measures_its_metric_scale_and_round_trips():
 def test_adam_cdm_l2_rejects_bad_arguments(kw, name):
     with pytest.raises(ValueError, match=name):
         AdamCDML2([torch.zeros(2, requires_grad=True)], **kw)
+
+
+def test_table_logits_equal_the_mlp_and_its_gradients():
+    from groktimizer.experiment.data import modular_arithmetic
+    from groktimizer.experiment.models import MLP
+
+    cn = _script("claims_net")
+    data = modular_arithmetic(p=11, train_fraction=0.5, seed=0)
+    torch.manual_seed(0)
+    model = MLP(data, depth=1, width=32, embed_dim=8).double()
+    grads = []
+    for f in (model, lambda x: cn.logits(model, x)):
+        model.zero_grad()
+        out = f(data.x_train)
+        torch.nn.functional.cross_entropy(out, data.y_train).backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (o1, g1), (o2, g2) = grads
+    assert torch.allclose(o1, o2, atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g1, g2, strict=True))
