@@ -38,11 +38,10 @@ def test_bootstrap_slope_recovers_half_and_separates_it_from_one():
     assert hi - lo < 0.2 and lo > -1.0
 
 
-def test_bootstrap_resamples_within_each_x():
-    # with one exact point per x every resample is the data: a zero-width interval
-    x = np.array([1e-3, 1e-2, 1e-1])
+def test_bootstrap_interval_is_zero_width_on_an_exact_power_law():
+    x = np.array([1e-3, 1e-2, 1e-1, 1.0])
     slope, (lo, hi) = ca.bootstrap_slope(x, 3 * x**-1.0, n_boot=50)
-    assert slope == pytest.approx(-1.0) and lo == pytest.approx(hi)
+    assert slope == pytest.approx(-1.0) and lo == pytest.approx(-1.0) and hi == pytest.approx(-1.0)
 
 
 def test_settle_time_of_an_exponential_decay():
@@ -158,3 +157,13 @@ def test_table_logits_equal_the_mlp_and_its_gradients():
     (o1, g1), (o2, g2) = grads
     assert torch.allclose(o1, o2, atol=1e-12)
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g1, g2, strict=True))
+
+
+def test_flat_mode_model_critical_damping_settles_first_under_damping_passes_first():
+    times = {z: ca.flat_mode_times(z, 1e-3, 0.9) for z in (0.25, 0.5, 1.0, 2.0)}
+    settle = {z: t[1] for z, t in times.items()}
+    first = {z: t[0] for z, t in times.items()}
+    assert min(settle, key=settle.get) == 1.0
+    assert first[0.25] < first[0.5] < first[1.0] < first[2.0]
+    # critical: the flat mode decays like (1 + k√κ)(1 − √κ)^k, settling in ~ln(1/ε)/√κ steps
+    assert 3 / math.sqrt(1e-3) < settle[1.0] < 5 / math.sqrt(1e-3)
