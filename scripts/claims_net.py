@@ -101,6 +101,16 @@ def plans() -> dict[str, list[dict]]:
     def l2(s: int) -> list[dict]:
         return [_cfg("adam_cdm_l2", ETA_ADAM, 5.0, s, max_steps=4000)]
 
+    # raw CDM collapses for λ >= 1e-2 at η 0.2 (decay beats the fit): extend the law downwards
+    def law_low(s: int) -> list[dict]:
+        return [_cfg("cdm", ETA_CDM, lam, s, max_steps=4000) for lam in (3e-4, 1e-4)]
+
+    p["law_low"] = law_low(0) + law_low(1)
+    p["gd_raw_low"] = [
+        _cfg("cdm", ETA_CDM, lam, s, momentum=0.0, max_steps=4000)
+        for s in (0, 1)
+        for lam in (3e-3, 1e-3)
+    ]
     p["law"] = law(0) + law(1)
     p["law_gd"] = gd_raw(0) + gd_adam(0) + gd_raw(1) + gd_adam(1)
     p["zeta"] = zeta(0) + zeta(1) + zeta(2)
@@ -311,7 +321,11 @@ def hardware() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--plan", action="append", required=True, choices=sorted(plans()))
+    ap.add_argument("--plan", action="append", default=[], choices=sorted(plans()))
+    ap.add_argument(
+        "--plan-file",
+        help="JSON list of configs, re-read before every run (so a running queue can be edited)",
+    )
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -320,28 +334,36 @@ def main(argv: list[str] | None = None) -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
-    for name in args.plan:
-        for cfg in plans()[name]:
-            if key(cfg) in done_keys():
-                continue
-            if args.dry_run:
-                print(name, cfg)
-                continue
-            res = run_phase2(cfg)
-            res.update(
-                plan=name,
-                hardware=hardware(),
-                commit=commit,
-                command="python scripts/claims_net.py --plan " + name,
-                date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            )
-            with RUNS.open("a") as f:
-                f.write(json.dumps(res) + "\n")
-            print(
-                f"{name} {res['status']:9s} t_gen99={res['t_gen99_phase2']} "
-                f"steps={res['steps_run']} {res['seconds']} s {cfg}",
-                flush=True,
-            )
+
+    def pending() -> list[tuple[str, dict]]:
+        todo = [(name, cfg) for name in args.plan for cfg in plans()[name]]
+        if args.plan_file:
+            todo += [("queue", cfg) for cfg in json.loads(Path(args.plan_file).read_text())]
+        done = done_keys()
+        return [(n, c) for n, c in todo if key(c) not in done]
+
+    if args.dry_run:
+        for name, cfg in pending():
+            print(name, cfg)
+        return
+    while todo := pending():
+        name, cfg = todo[0]
+        res = run_phase2(cfg)
+        res.update(
+            plan=name,
+            hardware=hardware(),
+            commit=commit,
+            command="python scripts/claims_net.py "
+            + (f"--plan {name}" if name != "queue" else f"--plan-file {args.plan_file}"),
+            date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        with RUNS.open("a") as f:
+            f.write(json.dumps(res) + "\n")
+        print(
+            f"{name} {res['status']:9s} t_gen99={res['t_gen99_phase2']} "
+            f"steps={res['steps_run']} {res['seconds']} s {cfg}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
