@@ -42,9 +42,10 @@ def settle_time(ks, values, target: float, tol: float) -> int | None:
 
 
 def truncate(run: dict, drift: float = PLATEAU_DRIFT) -> tuple[np.ndarray, str]:
-    """The curve cut where the driver's stop rule (at ``drift``) first fires, and the status.
-
-    Applied to every run, so runs recorded under a stricter rule are read like the others."""
+    """The curve cut where the driver's stop rule first fires (99% val reached, k >= 100, and
+    the norm within ``drift`` of its current value over the last half of the run), and the
+    status. Applied to every run, so runs recorded under an earlier rule (a stricter 0.5% drift
+    between k/2 and k; a looser 1% drift between k/2 and k) are read like the others."""
     cols = run["curve_cols"]
     c = np.asarray(run["curve"], dtype=float)
     if run["status"] != "plateau" or run["t_gen99_phase2"] is None:
@@ -53,10 +54,11 @@ def truncate(run: dict, drift: float = PLATEAU_DRIFT) -> tuple[np.ndarray, str]:
     for i in range(len(k)):
         if k[i] < max(100, run["t_gen99_phase2"]):
             continue
-        j = int(np.searchsorted(k, (k[i] // 2) // 10 * 10))
-        if abs(n[i] - n[j]) / n[i] < drift:
+        j = int(np.searchsorted(k, k[i] // 2))
+        if np.max(np.abs(n[j : i + 1] - n[i])) / n[i] < drift:
             return c[: i + 1], "plateau"
-    return c, "plateau"
+    # recorded under the first, looser rule and not flat by this one: no plateau in the record
+    return c, "no plateau"
 
 
 def milestones(run: dict) -> dict:

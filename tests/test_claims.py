@@ -63,14 +63,19 @@ def _run(status, k, norms, t_gen=None):
 
 
 def test_milestones_censor_runs_without_a_plateau():
-    k = list(range(0, 500, 10))
+    k = list(range(0, 2000, 10))
     norms = [100 * math.exp(-0.01 * kk) + 50 for kk in k]
     m = ca.milestones(_run("budget", k, norms, t_gen=100))
     assert m["t_norm5"] is None and m["t_drop95"] is None and m["t_gen99"] == 100
     m = ca.milestones(_run("plateau", k, norms, t_gen=100))
-    # plateau = last sample (n_490 ≈ 50.7): 5% of the plateau is a tighter band than 5% of the drop
+    # cut where the norm stays within 1% over the last half (k ≈ 1,060); 5% of the plateau (~2.5)
+    # is a tighter band than 5% of the drop (~5)
+    assert m["status"] == "plateau" and 50 < m["norm_end"] < 50.5
     assert abs(m["t_drop95"] - 300) <= 10 and abs(m["t_norm5"] - 370) <= 20
-    assert 0 < m["drop_at_gen"] < 1
+    assert m["drop_at_gen"] == pytest.approx(1 - math.exp(-1), abs=0.01)
+    # a run flagged as a plateau whose record is not flat by the rule has no norm milestones
+    m = ca.milestones(_run("plateau", k[:50], norms[:50], t_gen=100))
+    assert m["status"] == "no plateau" and m["t_drop95"] is None
 
 
 def _quadratic(seed=0, d=12):
