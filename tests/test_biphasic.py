@@ -40,7 +40,9 @@ def _train(model, opt, x, y, start, stop, switch_at=None):
 def test_phase1_is_adamw_wd0_then_phase2_is_cdm():
     x, y = _task()
     m1, m2 = _model(), _model()
-    opt = GROKtimizer(m1.parameters(), lr=0.05, weight_decay=1e-2, switch=StepSwitch(10))
+    opt = GROKtimizer(
+        m1.parameters(), phase2=CDM, lr=0.05, weight_decay=1e-2, switch=StepSwitch(10)
+    )
     adam = torch.optim.AdamW(m2.parameters(), lr=1e-3, weight_decay=0.0, betas=(0.9, 0.98))
     for t in range(10):
         for m, o in ((m1, opt), (m2, adam)):
@@ -102,10 +104,14 @@ def test_param_groups_carry_phase2_decay_and_phase1_settings():
         ({"lr": 0.1, "weight_decay": 0.0}, "weight_decay > 0"),
         ({"lr": -0.1, "weight_decay": 1e-2}, "lr"),
         ({"lr": "fast", "weight_decay": 1e-2}, "lr"),
-        ({"weight_decay": 1e-2}, "lr"),
+        ({"lr": 0.1, "weight_decay": "big"}, "weight_decay"),
+        ({"lr_fraction": 1.0}, "lr_fraction"),
+        ({"flat_rate": 0.0}, "flat_rate"),
+        ({"reestimate_every": 0}, "reestimate_every"),
+        ({"lr": 0.1, "weight_decay": 1e-2, "lr_auto_safety": 2.5}, "lr_auto_safety"),
         ({"lr": 0.1, "weight_decay": 1e-2, "lr_auto_safety": 0.0}, "lr_auto_safety"),
         ({"lr": 0.1, "weight_decay": 1e-2, "switch": "accuracy"}, "switch"),
-        ({"phase2": functools.partial(CDM, lr=0.1, weight_decay=1e-2), "lr": 0.1}, "lr"),
+        ({"phase2": functools.partial(CDM, lr=0.1, weight_decay=1e-2), "lr": -0.1}, "lr"),
         (
             {"lr": 0.1, "weight_decay": 1e-2, "phase1": functools.partial(torch.optim.Adam, lr=-1)},
             "learning rate",
@@ -119,7 +125,7 @@ def test_bad_arguments_fail_at_construction(kwargs, name):
 
 def _phase2_factories():
     return {
-        "cdm": dict(lr=0.05, weight_decay=1e-2, damping=0.5),
+        "cdm": dict(phase2=CDM, lr=0.05, weight_decay=1e-2, damping=0.5),
         "adam_cdm": dict(phase2=functools.partial(AdamCDM, lr=1e-3, weight_decay=1.0)),
     }
 
@@ -178,7 +184,7 @@ def test_auto_lr_on_a_quadratic():
     H = q @ torch.diag(eigs) @ q.T
     w = torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)
     wd, c = 1e-2, 0.5
-    opt = GROKtimizer([w], lr="auto", weight_decay=wd, lr_auto_safety=c, lr_auto_tol=1e-10)
+    opt = GROKtimizer([w], phase2=CDM, lr="auto", weight_decay=wd, lr_auto_safety=c)
     with pytest.raises(ValueError, match="closure"):
         opt.switch()
     assert opt.phase == 1
@@ -189,9 +195,9 @@ def test_auto_lr_on_a_quadratic():
     assert rec["lr"] == pytest.approx(c / (8.0 + wd), rel=1e-3)
     assert opt.param_groups[0]["lr"] == rec["lr"]
     assert opt.param_groups[0]["momentum_used"] == critical_momentum(rec["lr"], wd)
-    assert rec["safety"] == c and rec["iters"] >= 1
+    assert rec["safety"] == c and rec["hvps"] >= 1
 
-    restored = GROKtimizer([w], lr="auto", weight_decay=wd)
+    restored = GROKtimizer([w], phase2=CDM, lr="auto", weight_decay=wd)
     restored.load_state_dict(opt.state_dict())
     assert restored.auto_lr_record == rec and restored.param_groups[0]["lr"] == rec["lr"]
 

@@ -5,9 +5,10 @@ W&B or datasets, so it can be used in any training loop.
 """
 
 from .adam_cdm import AdamCDM
+from .autotune import LR_AUTO_SAFETY_RANGE, Phase2Tuner, stability_bound, stable_lr
 from .biphasic import GROKtimizer, default_phase1
 from .cdm import CDM, critical_momentum
-from .curvature import auto_lr, hvp, lanczos_top_eigenvalues, top_eigenvalue
+from .curvature import auto_lr, hvp, lanczos_top_eigenvalues, top_eigenpair, top_eigenvalue
 from .filters import FilteredOptimizer, GradFilter, GradFilterEMA, GradFilterMA
 from .guard import Guard
 from .param_groups import split_decay_groups
@@ -45,6 +46,11 @@ __all__ = [
     "top_eigenvalue",
     "lanczos_top_eigenvalues",
     "auto_lr",
+    "top_eigenpair",
+    "Phase2Tuner",
+    "stable_lr",
+    "stability_bound",
+    "LR_AUTO_SAFETY_RANGE",
     "GradFilter",
     "GradFilterEMA",
     "GradFilterMA",

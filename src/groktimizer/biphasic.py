@@ -1,24 +1,32 @@
 """GROKtimizer: phase 1 (reach interpolation fast) -> switch -> phase 2 (CDM with weight decay).
 
+``GROKtimizer(model.parameters())`` needs no phase-2 argument: phase 1 is AdamW (wd 0), the
+switch fires at 99.9% train accuracy, phase 2 is AdamCDM (CDM with the gradient in Adam's metric,
+carried over from phase 1) whose step size η and weight decay λ are set and kept by
+``groktimizer.autotune.Phase2Tuner``: η at a fraction of heavy ball's stability bound for the
+measured curvature of the preconditioned loss, λ from the flat-mode rate κ = ηλ, rolled back and
+lowered when decay beats the fit. Explicit values stay available (``lr=``, ``weight_decay=``, or
+a ``phase2`` factory that sets them).
+
 Both phase optimizers are built at construction over the same parameter groups, so a bad
 argument fails at once. ``param_groups``, ``state`` and ``defaults`` are those of the active
 phase, so gradient clipping and code that reads ``param_groups[i]['lr']`` see the optimizer
-actually stepping. An LR scheduler belongs to one phase: build it on ``opt.phase2`` (or on ``opt``
-after the switch); a scheduler built on ``opt`` in phase 1 keeps phase-1 base learning rates.
+actually stepping. An LR scheduler belongs to one phase: build it on ``opt.phase1`` (a warm-up)
+or on ``opt.phase2``; a scheduler built on ``opt`` in phase 1 and stepped after the switch would
+overwrite phase 2's η.
 
 Param groups given as dicts hold the phase-2 settings (e.g. ``{'params': biases,
-'weight_decay': 0.0}``); phase-1 settings for a group go in an optional nested ``'phase1'`` dict.
+'weight_decay': 0.0}``: a group with λ = 0 stays undecayed under the automatic λ); phase-1
+settings for a group go in an optional nested ``'phase1'`` dict.
 
-``lr='auto'``: at the switch, power iteration on Hessian-vector products of the curvature closure
-estimates ``h_max`` and every phase-2 group gets ``η = c/(|h_max| + λ)``, ``c = lr_auto_safety``.
-The curvature is that of the raw loss: right for CDM, not for AdamCDM, whose steep modes see
-Adam's preconditioned curvature (give AdamCDM an explicit lr).
+The loop hands the optimizer its metrics through ``observe`` (``groktimizer.wrapper``): train
+accuracy and loss, weight norm, and a closure returning the full-batch training loss with graph
+(the curvature probes need it at the switch and every ``reestimate_every`` steps of phase 2).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +34,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .cdm import CDM, check_lr
-from .curvature import auto_lr, top_eigenvalue
+from .adam_cdm import AdamCDM
+from .autotune import Phase2Tuner
+from .cdm import CDM, check_lr, check_weight_decay
 from .switch import AccuracySwitch, SwitchCriterion
 from .wrapper import Event, OptimizerWrapper, observe
 
@@ -40,7 +49,7 @@ default_phase1: OptimizerFactory = functools.partial(
     torch.optim.AdamW, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.98)
 )
 
-_AUTO_LR_PLACEHOLDER = 1.0  # phase-2 lr until the switch measures the curvature
+_AUTO_PLACEHOLDER = {"lr": 1e-3, "weight_decay": 1.0}  # until the switch measures them
 
 
 def _normalize_groups(params: Any) -> list[dict[str, Any]]:
@@ -60,6 +69,17 @@ def _normalize_groups(params: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _sets(factory: Any, key: str) -> bool:
+    """Whether a ``functools.partial`` factory already fixes ``key``."""
+    return isinstance(factory, functools.partial) and key in factory.keywords
+
+
+def _cdm_family(factory: Any) -> bool:
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return isinstance(factory, type) and issubclass(factory, CDM)
+
+
 class GROKtimizer(OptimizerWrapper):
     """Biphasic optimizer: ``phase1`` until the switch criterion fires, then ``phase2``.
 
@@ -68,17 +88,24 @@ class GROKtimizer(OptimizerWrapper):
             a dict of phase-1 settings for that group).
         phase1: ``params -> Optimizer`` (default: AdamW lr 1e-3, weight decay 0, betas
             (0.9, 0.98)).
-        phase2: ``params -> Optimizer`` (default: ``CDM(lr, weight_decay, damping, nesterov)``;
-            then ``lr`` and ``weight_decay`` are required). With ``phase2`` given, ``lr`` may
-            only be None or ``'auto'`` and ``weight_decay`` must be None.
-        lr: phase-2 step size η, or ``'auto'`` (measured at the switch).
-        weight_decay: phase-2 λ > 0.
-        damping: ζ > 0 for the default CDM.
-        nesterov: Nesterov form of the default CDM.
-        switch: a ``SwitchCriterion`` (default: ``AccuracySwitch(0.999, patience=1)``).
-        lr_auto_safety: c in ``η = c/(|h_max| + λ)``.
-        lr_auto_iters, lr_auto_tol: power-iteration budget and tolerance.
-        curvature_closure: ``() -> loss`` with graph on the full training batch, for ``'auto'``.
+        phase2: ``params -> Optimizer`` of the CDM family (default: ``AdamCDM`` with
+            ``damping`` and ``nesterov``; ``CDM`` is the paper's plain phase 2). A
+            ``functools.partial`` may fix ``lr`` / ``weight_decay`` itself.
+        lr: phase-2 η > 0, or ``'auto'`` (default unless ``phase2`` fixes it): measured at the
+            switch and re-measured during phase 2.
+        weight_decay: phase-2 λ ≥ 0, or ``'auto'`` (default unless ``phase2`` fixes it):
+            ``flat_rate / η`` at the switch, lowered when decay wins.
+        damping: ζ > 0 for the default phase 2.
+        nesterov: Nesterov form of the default phase 2.
+        switch: a ``SwitchCriterion`` (default: ``AccuracySwitch(0.999, patience=3)``).
+        lr_fraction: f in (0, 1): η·(h + λ) = f·2(1 + β), the fraction of heavy ball's bound.
+        flat_rate: κ = ηλ in (0, 1) for the automatic λ.
+        reestimate_every: steps between curvature re-measurements in phase 2 (int ≥ 1).
+        lr_auto_safety: legacy rule η = c/(h + λ), c in (0, 2) (None: the bound rule).
+        lr_auto_iters: Lanczos iterations of the curvature probe at the switch (int ≥ 1).
+        curvature_closure: ``() -> loss`` with graph on the full training batch, used when
+            ``observe``/``switch`` get no ``closure``.
+        tuner: a ``Phase2Tuner`` replacing the one built from the arguments above.
     """
 
     def __init__(
@@ -87,63 +114,80 @@ class GROKtimizer(OptimizerWrapper):
         phase1: OptimizerFactory | None = None,
         phase2: OptimizerFactory | None = None,
         lr: float | str | None = None,
-        weight_decay: float | None = None,
+        weight_decay: float | str | None = None,
         damping: float = 1.0,
         nesterov: bool = False,
         switch: SwitchCriterion | None = None,
-        lr_auto_safety: float = 0.5,
-        lr_auto_iters: int = 100,
-        lr_auto_tol: float = 1e-4,
+        lr_fraction: float = 0.5,
+        flat_rate: float = 1e-3,
+        reestimate_every: int = 50,
+        lr_auto_safety: float | None = None,
+        lr_auto_iters: int = 20,
+        lr_auto_tol: float | None = None,
         curvature_closure: LossClosure | None = None,
+        tuner: Phase2Tuner | None = None,
     ) -> None:
-        self.lr_auto = lr == "auto"
-        if isinstance(lr, str) and not self.lr_auto:
-            raise ValueError(f"GROKtimizer: lr must be a float > 0 or 'auto', got {lr!r}")
-        if not (isinstance(lr_auto_safety, (int, float)) and lr_auto_safety > 0):
-            raise ValueError(
-                f"GROKtimizer: lr_auto_safety must be a float > 0, got {lr_auto_safety!r}"
-            )
-        if not (isinstance(lr_auto_iters, int) and lr_auto_iters >= 1):
-            raise ValueError(
-                f"GROKtimizer: lr_auto_iters must be an int >= 1, got {lr_auto_iters!r}"
-            )
+        del lr_auto_tol  # kept for old configs; Lanczos runs a fixed number of iterations
         if switch is not None and not isinstance(switch, SwitchCriterion):
             raise ValueError(
                 f"GROKtimizer: switch must be a SwitchCriterion or None, got {switch!r}"
             )
-
-        if phase2 is None:
-            if lr is None or weight_decay is None:
-                raise ValueError(
-                    "GROKtimizer: lr and weight_decay are required for the default CDM phase 2, "
-                    f"got lr={lr!r}, weight_decay={weight_decay!r}"
-                )
-            if not self.lr_auto:
-                check_lr("GROKtimizer", lr)
-            phase2 = functools.partial(
-                CDM,
-                lr=_AUTO_LR_PLACEHOLDER if self.lr_auto else lr,
-                weight_decay=weight_decay,
-                damping=damping,
-                nesterov=nesterov,
-            )
-        elif (lr is not None and not self.lr_auto) or weight_decay is not None:
+        if isinstance(lr, str) and lr != "auto":
+            raise ValueError(f"GROKtimizer: lr must be a float > 0 or 'auto', got {lr!r}")
+        if isinstance(weight_decay, str) and weight_decay != "auto":
             raise ValueError(
-                "GROKtimizer: with phase2 given, set lr/weight_decay in phase2 itself "
-                f"(lr may only be None or 'auto'), got lr={lr!r}, weight_decay={weight_decay!r}"
+                f"GROKtimizer: weight_decay must be a float >= 0 or 'auto', got {weight_decay!r}"
             )
+        if lr is None:
+            lr = None if _sets(phase2, "lr") else "auto"
+        if weight_decay is None:
+            weight_decay = None if _sets(phase2, "weight_decay") else "auto"
+        if lr is not None and lr != "auto":
+            check_lr("GROKtimizer", lr)
+        if weight_decay is not None and weight_decay != "auto":
+            check_weight_decay("GROKtimizer", weight_decay)
+        self.lr_auto = lr == "auto"
+        self.weight_decay_auto = weight_decay == "auto"
+
+        kwargs: dict[str, Any] = {}
+        for key, value in (("lr", lr), ("weight_decay", weight_decay)):
+            if value == "auto":
+                kwargs[key] = _AUTO_PLACEHOLDER[key]
+            elif value is not None:
+                kwargs[key] = value
+        if phase2 is None:
+            phase2 = AdamCDM
+        if _cdm_family(phase2):  # damping / nesterov belong to the CDM family's signature
+            for key, value in (("damping", damping), ("nesterov", nesterov)):
+                if not _sets(phase2, key):
+                    kwargs[key] = value
+
+        if tuner is None:  # built even when unused: it validates its arguments
+            tuner = Phase2Tuner(
+                lr_auto=self.lr_auto,
+                weight_decay_auto=self.weight_decay_auto,
+                lr_fraction=lr_fraction,
+                flat_rate=flat_rate,
+                reestimate_every=reestimate_every,
+                probe_iters=lr_auto_iters,
+                lr_auto_safety=lr_auto_safety,
+            )
+            if not (self.lr_auto or self.weight_decay_auto):
+                tuner = None
+        elif not isinstance(tuner, Phase2Tuner):
+            raise ValueError(f"GROKtimizer: tuner must be a Phase2Tuner or None, got {tuner!r}")
+        self.tuner = tuner
 
         super().__init__()
         groups = _normalize_groups(params)
         p1_groups = [{"params": g["params"], **g.get("phase1", {})} for g in groups]
         p2_groups = [{k: v for k, v in g.items() if k != "phase1"} for g in groups]
         self.phase1: Optimizer = (phase1 or default_phase1)(p1_groups)
-        self.phase2: Optimizer = phase2(p2_groups)
+        self.phase2: Optimizer = phase2(p2_groups, **kwargs)
 
-        self.criterion: SwitchCriterion = switch if switch is not None else AccuracySwitch()
-        self.lr_auto_safety = float(lr_auto_safety)
-        self.lr_auto_iters = lr_auto_iters
-        self.lr_auto_tol = lr_auto_tol
+        self.criterion: SwitchCriterion = (
+            switch if switch is not None else AccuracySwitch(0.999, patience=3)
+        )
         self._curvature_closure = curvature_closure
         self._phase = 1
         self.switch_step: int | None = None
@@ -204,60 +248,54 @@ class GROKtimizer(OptimizerWrapper):
 
         Phase 1: the switch criterion sees the metrics (with the phase-2 weight decay as
         ``weight_decay`` unless given, for ``RhoSwitch``); when it fires, the switch happens and
-        a ``switch`` event (with the ``auto_lr`` record, if any) is returned. Phase 2: the
-        metrics go down to the phase-2 optimizer. ``step`` defaults to the number of steps taken.
+        a ``switch`` event (with the ``auto_lr`` record) is returned. Phase 2: the tuner checks
+        the metrics (curvature re-measurements, decay / step back-offs), then they go down to
+        the phase-2 optimizer. ``step`` defaults to the number of steps taken.
         """
         step = self.num_steps if step is None else int(step)
+        closure = closure or self._curvature_closure
         if self._phase == 2:
-            return observe(self.phase2, step, closure=closure, **metrics) + self._drain()
+            if self.tuner is not None:
+                for ev in self.tuner.observe(self.phase2, step, metrics, closure):
+                    self._pending_events.append(ev)
+            return self._drain() + observe(self.phase2, step, closure=closure, **metrics)
+        if self.tuner is not None:
+            self.tuner.observe_phase1(metrics)
         events = observe(self.phase1, step, closure=closure, **metrics)
         wd = self.phase2.defaults.get("weight_decay")
-        if wd:
+        if wd and not self.weight_decay_auto:
             metrics.setdefault("weight_decay", wd)
         if self.criterion.observe(step, **metrics):
-            self.switch(closure=closure, step=step)
+            self.switch(closure=closure, step=step, metrics=metrics)
         return events + self._drain()
 
-    def switch(self, closure: LossClosure | None = None, step: int | None = None) -> None:
-        """Enter phase 2: resolve ``lr='auto'``; carry Adam's metric over if phase 2 takes it."""
+    def switch(
+        self,
+        closure: LossClosure | None = None,
+        step: int | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        """Enter phase 2: carry Adam's metric over if phase 2 takes it, then set η and λ."""
         if self._phase == 2:
             raise RuntimeError(
                 f"GROKtimizer: already in phase 2 (switched at step {self.switch_step})"
             )
-        if self.lr_auto:
-            self._resolve_auto_lr(closure or self._curvature_closure)
+        step = self.num_steps if step is None else int(step)
         if hasattr(self.phase2, "init_from_adam"):
             self.metric_carried = self.phase2.init_from_adam(self.phase1)
-        self._phase = 2
-        self.switch_step = self.num_steps if step is None else int(step)
-        info = {"auto_lr": dict(self.auto_lr_record)} if self.auto_lr_record else {}
-        self._emit("switch", self.switch_step, metric_carried=self.metric_carried, **info)
-
-    def _resolve_auto_lr(self, closure: LossClosure | None) -> None:
-        if closure is None:
-            raise ValueError(
-                "GROKtimizer: lr='auto' needs a curvature closure at the switch; pass closure= to "
-                "switch()/observe() or call set_curvature_closure(fn)"
+        if self.tuner is not None:
+            lr1 = self.phase1.param_groups[0].get("lr")
+            self.auto_lr_record = self.tuner.switch(
+                self.phase2,
+                closure or self._curvature_closure,
+                step,
+                metrics or {},
+                phase1_lr=float(lr1) if isinstance(lr1, (int, float)) else None,
             )
-        params = [p for g in self.phase2.param_groups for p in g["params"] if p.requires_grad]
-        h_max, iters = top_eigenvalue(
-            closure, params, iters=self.lr_auto_iters, tol=self.lr_auto_tol
-        )
-        wd = float(self.phase2.defaults.get("weight_decay", 0.0))
-        lr = auto_lr(h_max, wd, self.lr_auto_safety)
-        if not math.isfinite(lr):
-            raise ValueError(f"GROKtimizer: auto lr is not finite (h_max={h_max!r})")
-        for g in self.phase2.param_groups:
-            g["lr"] = lr
-            if hasattr(self.phase2, "group_momentum"):
-                g["momentum_used"] = self.phase2.group_momentum(g)
-        self.auto_lr_record = {
-            "h_max": h_max,
-            "lr": lr,
-            "safety": self.lr_auto_safety,
-            "weight_decay": wd,
-            "iters": iters,
-        }
+        self._phase = 2
+        self.switch_step = step
+        info = {"auto_lr": dict(self.auto_lr_record)} if self.auto_lr_record else {}
+        self._emit("switch", step, metric_carried=self.metric_carried, **info)
 
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
@@ -270,6 +308,7 @@ class GROKtimizer(OptimizerWrapper):
             "criterion": self.criterion.state_dict(),
             "auto_lr_record": self.auto_lr_record,
             "metric_carried": self.metric_carried,
+            "tuner": None if self.tuner is None else self.tuner.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
@@ -281,6 +320,8 @@ class GROKtimizer(OptimizerWrapper):
         self.num_steps = int(state_dict["num_steps"])
         self.auto_lr_record = state_dict.get("auto_lr_record")
         self.metric_carried = int(state_dict.get("metric_carried", 0))
+        if self.tuner is not None and state_dict.get("tuner") is not None:
+            self.tuner.load_state_dict(state_dict["tuner"])
 
     def __repr__(self) -> str:
         return (

@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["hvp", "top_eigenvalue", "lanczos_top_eigenvalues", "auto_lr"]
+__all__ = ["hvp", "top_eigenvalue", "top_eigenpair", "lanczos_top_eigenvalues", "auto_lr"]
 
 LossFn = Callable[[], Tensor]
 
@@ -27,7 +28,8 @@ class _HessianOperator:
 
     def __init__(self, loss_fn: LossFn, params: Sequence[Tensor]) -> None:
         self.params = list(params)
-        with torch.enable_grad():
+        # The math attention kernel has a double backward; the fused CPU/flash ones do not.
+        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
             loss = loss_fn()
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         # A gradient without graph (unused or linear parameter) has a zero Hessian row block.
@@ -147,6 +149,86 @@ def lanczos_top_eigenvalues(
         T += torch.diag(off, 1) + torch.diag(off, -1)
     eigs = torch.linalg.eigvalsh(T).flip(0)
     return [float(e) for e in eigs[:k]]
+
+
+def top_eigenpair(
+    loss_fn: LossFn,
+    params: Sequence[Tensor],
+    iters: int = 20,
+    scale: Sequence[Tensor | None] | None = None,
+    v0: Sequence[Tensor] | None = None,
+    seed: int = 0,
+) -> tuple[float, list[Tensor], int]:
+    """Top eigenvalue and eigenvector of ``S H S`` by Lanczos (full reorthogonalisation).
+
+    ``S`` is diagonal, given per parameter by ``scale`` (None: identity; a None entry drops that
+    parameter from the probe). For AdamCDM, ``S = 1/√D`` and ``S H S`` has the spectrum of the
+    preconditioned Hessian ``D⁻¹H`` that its steep modes see. ``v0`` warm-starts the iteration
+    (e.g. the previous eigenvector); a little noise is mixed in so a new top mode can still be
+    found. Returns ``(θ, v, hvps)``: the top Ritz value (a lower bound of the top eigenvalue that
+    is tight after a few iterations), its unit Ritz vector and the number of Hessian-vector
+    products spent (each one extra backward pass).
+    """
+    if not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"top_eigenpair: iters must be an int >= 1, got {iters!r}")
+    params = list(params)
+    if scale is None:
+        scale = [None if not p.requires_grad else torch.ones_like(p) for p in params]
+    keep = [
+        i
+        for i, (p, s) in enumerate(zip(params, scale, strict=True))
+        if p.requires_grad and s is not None
+    ]
+    ps = [params[i] for i in keep]
+    ss = [scale[i].detach() for i in keep]  # type: ignore[union-attr]
+    op = _HessianOperator(loss_fn, ps)
+    sizes = [p.numel() for p in ps]
+
+    def flat(xs: Sequence[Tensor]) -> Tensor:
+        return torch.cat([x.reshape(-1).double() for x in xs])
+
+    def unflat(x: Tensor) -> list[Tensor]:
+        out = []
+        for part, p in zip(torch.split(x, sizes), ps, strict=True):
+            out.append(part.reshape(p.shape).to(dtype=p.dtype, device=p.device))
+        return out
+
+    s_flat = flat(ss)
+
+    def apply(x: Tensor) -> Tensor:
+        return s_flat * flat(op(unflat(s_flat * x)))
+
+    q = flat(_random_unit(ps, seed)).to(s_flat.device)
+    if v0 is not None:
+        w0 = flat([v0[i] for i in keep]).to(s_flat.device)
+        if float(w0.norm()) > 0:
+            q = w0 / w0.norm() + 0.1 * q  # warm start, with noise to escape a stale mode
+    q = q / q.norm()
+    basis, alphas, betas = [q], [], []
+    for j in range(iters):
+        w = apply(basis[j])
+        alphas.append(float(w @ basis[j]))
+        Q = torch.stack(basis)
+        w = w - Q.T @ (Q @ w)
+        w = w - Q.T @ (Q @ w)
+        beta = float(w.norm())
+        if j == iters - 1 or beta < 1e-10 * max(1.0, abs(alphas[-1])):
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    m = len(alphas)
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    evals, evecs = torch.linalg.eigh(T)
+    theta = float(evals[-1])
+    ritz = torch.stack(basis[:m]).T @ evecs[:, -1].to(s_flat.device)
+    vec_kept = unflat(ritz / ritz.norm())
+    vec = [torch.zeros_like(p) for p in params]
+    for i, v in zip(keep, vec_kept, strict=True):
+        vec[i] = v
+    return theta, vec, m
 
 
 def auto_lr(h_max: float, weight_decay: float, safety: float = 0.5) -> float:

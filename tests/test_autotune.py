@@ -1,0 +1,195 @@
+"""The knob-free phase 2: step size at a fraction of the stability bound, decay that backs off."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from groktimizer import CDM, GROKtimizer, StepSwitch, critical_momentum, observe, phase_of
+from groktimizer.autotune import Phase2Tuner, stability_bound, stable_lr
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("fraction", [0.3, 0.9])
+def test_stable_lr_sits_at_the_fraction_of_the_bound(nesterov, fraction):
+    h, wd = 40.0, 0.5
+    lr = stable_lr(h, wd, fraction, nesterov=nesterov)
+    beta = critical_momentum(lr, wd, 1.0, nesterov)
+    assert lr * (h + wd) == pytest.approx(fraction * stability_bound(beta, nesterov), rel=1e-9)
+
+
+def _quadratic(eigs, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n = len(eigs)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    H = q @ torch.diag(torch.tensor(eigs, dtype=torch.float64)) @ q.T
+    w = torch.randn(n, generator=gen, dtype=torch.float64, requires_grad=True)
+    return H, w, (lambda: 0.5 * w @ H @ w)
+
+
+def test_cdm_auto_step_and_decay_on_a_quadratic():
+    """κ = ηλ fixed: β = β(κ) and η·h + κ = f·2(1 + β), measured h exact by Lanczos."""
+    H, w, loss = _quadratic([30.0, 4.0, 1.0, 0.0, 0.0, 0.0])
+    opt = GROKtimizer([w], phase2=CDM, switch=StepSwitch(0), lr_fraction=0.6, flat_rate=1e-3)
+    events = observe(opt, 0, closure=loss)
+    (ev,) = events
+    rec = ev["auto_lr"]
+    assert ev["event"] == "switch" and rec["h_max"] == pytest.approx(30.0, rel=1e-9)
+    beta = critical_momentum(1.0, 1e-3)
+    assert rec["lr"] * 30.0 + 1e-3 == pytest.approx(0.6 * stability_bound(beta), rel=1e-9)
+    assert rec["lr"] * rec["weight_decay"] == pytest.approx(1e-3)
+    assert opt.param_groups[0]["momentum_used"] == pytest.approx(beta)
+    assert rec["hvps"] >= 1 and rec["preconditioned"] is False
+    # it converges: the steep mode is inside the bound
+    for _ in range(300):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert float(loss().detach()) < 1e-6
+
+
+def test_adam_cdm_curvature_is_that_of_the_preconditioned_loss():
+    """For AdamCDM the probe sees S H S, S = 1/√D: here D = diag(d) exactly (v̂ = d²)."""
+    H, w, loss = _quadratic([9.0, 1.0, 0.5])
+    d = torch.tensor([4.0, 1.0, 0.25], dtype=torch.float64)
+    tuner = Phase2Tuner(lr_fraction=0.5, step_cap=None)
+    opt = GROKtimizer([w], switch=StepSwitch(0), tuner=tuner)
+    st = opt.phase1.state[w]
+    st["exp_avg_sq"], st["exp_avg"] = (d**2) * (1 - 0.98), torch.zeros_like(w)
+    st["step"] = torch.tensor(1.0)
+    observe(opt, 0, closure=loss)
+    S = torch.diag(d.rsqrt())
+    expected = float(torch.linalg.eigvalsh(S @ H @ S)[-1])
+    assert opt.auto_lr_record["h_max"] == pytest.approx(expected, rel=1e-6)
+    assert opt.auto_lr_record["preconditioned"] is True
+
+
+def _fit(seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(64, 5)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 2))
+    return model, x, y
+
+
+def test_decay_wins_is_rolled_back_and_lambda_lowered():
+    model, x, y = _fit()
+    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=3.0, switch=StepSwitch(0))
+    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False)  # explicit η, λ; guarded
+    assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
+    good = [p.detach().clone() for p in model.parameters()]
+    assert observe(opt, 10, train_acc=1.0, train_loss=0.02, weight_norm=4.9) == []
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.1)  # what decay winning looks like: the norm falls, the fit goes
+    assert observe(opt, 20, train_acc=0.85, train_loss=0.5, weight_norm=0.5) == []  # one dip
+    events = observe(opt, 30, train_acc=0.8, train_loss=0.7, weight_norm=0.4)
+    (ev,) = events
+    assert ev["event"] == "decay_backoff" and ev["weights_changed"] is True
+    assert ev["cause"] == "accuracy" and ev["weight_decay"] == pytest.approx(1.0)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1.0)
+    assert opt.param_groups[0]["momentum_used"] == critical_momentum(1e-3, 1.0)
+    for p, g in zip(model.parameters(), good, strict=True):
+        assert torch.equal(p, g)  # back at the last good state
+    assert all("momentum_buffer" not in s for s in opt.state.values())
+
+
+def test_non_finite_loss_rolls_back_and_cuts_the_step():
+    model, x, y = _fit()
+    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=1.0, switch=StepSwitch(0))
+    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False)
+    observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)
+    events = observe(opt, 10, train_acc=0.5, train_loss=math.nan, weight_norm=math.nan)
+    assert [e["event"] for e in events] == ["lr_backoff"] and events[0]["weights_changed"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1.0)
+
+
+def test_tuner_state_resumes():
+    H, w, loss = _quadratic([5.0, 1.0, 0.0])
+    opt = GROKtimizer([w], phase2=CDM, switch=StepSwitch(0))
+    observe(opt, 0, closure=loss, train_acc=1.0, train_loss=0.1)
+    state = copy.deepcopy(opt.state_dict())
+    w2 = w.detach().clone().requires_grad_()
+    opt2 = GROKtimizer([w2], phase2=CDM, switch=StepSwitch(0))
+    opt2.load_state_dict(state)
+    assert opt2.phase == 2 and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert opt2.tuner.weight_decay == opt.tuner.weight_decay and opt2.tuner.h == opt.tuner.h
+
+
+# ------------------------------------------------------------ the default in a user's own loop
+class _Block(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.ReLU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln2(x))
+
+
+class _TinyTransformer(nn.Module):
+    """2 pre-LayerNorm blocks, learned positions, fused attention (whose kernel has no double
+    backward: the curvature probe must cope)."""
+
+    def __init__(self, vocab: int, n_out: int, d: int = 32, heads: int = 2) -> None:
+        super().__init__()
+        self.embed, self.pos = nn.Embedding(vocab, d), nn.Parameter(torch.randn(3, d) * 0.02)
+        self.blocks = nn.ModuleList(_Block(d, heads) for _ in range(2))
+        self.ln_f, self.out = nn.LayerNorm(d), nn.Linear(d, n_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) + self.pos
+        for block in self.blocks:
+            h = block(h)
+        return self.out(self.ln_f(h[:, -1]))
+
+
+def test_default_in_a_minibatch_loop_on_a_layernorm_transformer_does_not_collapse():
+    p, seed = 23, 0
+    gen = torch.Generator().manual_seed(seed)
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    x = torch.stack([a.flatten(), b.flatten(), torch.full((p * p,), p)], 1)
+    y = (a.flatten() + b.flatten()) % p
+    perm = torch.randperm(p * p, generator=gen)
+    n = int(0.6 * p * p)
+    xt, yt, xv, yv = x[perm[:n]], y[perm[:n]], x[perm[n:]], y[perm[n:]]
+    torch.manual_seed(seed)
+    model = _TinyTransformer(p + 1, p)
+
+    opt = GROKtimizer(model.parameters())  # no phase-2 argument at all
+
+    def closure() -> torch.Tensor:
+        return F.cross_entropy(model(xt), yt)
+
+    history, events = [], []
+    for step in range(1, 2001):
+        idx = torch.randint(0, n, (128,), generator=gen)
+        opt.zero_grad()
+        F.cross_entropy(model(xt[idx]), yt[idx]).backward()
+        opt.step()
+        if step % 10 == 0:
+            with torch.no_grad():
+                train_acc = (model(xt).argmax(-1) == yt).float().mean().item()
+                val_acc = (model(xv).argmax(-1) == yv).float().mean().item()
+                train_loss = closure().item()
+            events += observe(
+                opt, step, train_acc=train_acc, train_loss=train_loss, closure=closure
+            )
+            history.append((step, phase_of(opt), train_acc, val_acc))
+    switch = [e for e in events if e["event"] == "switch"]
+    assert len(switch) == 1 and switch[0]["auto_lr"]["preconditioned"]
+    after = [h for h in history if h[1] == 2]
+    assert after, "never switched"
+    val_at_switch = after[0][3]
+    final = history[-1]
+    last = sorted(h[2] for h in after[-20:])
+    assert last[len(last) // 2] >= 0.98 and final[2] >= 0.95  # the fit survives the decay
+    assert final[3] > val_at_switch + 0.1  # and generalization moves on
+    assert all(e.get("weights_changed") for e in events if e["event"].endswith("backoff"))
