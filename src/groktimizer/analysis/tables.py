@@ -89,6 +89,8 @@ def load_runs(sweep_dirs: str | Path | Iterable[str | Path]) -> list[dict[str, A
         if not root.exists():
             raise FileNotFoundError(f"sweep directory {root} does not exist")
         files = [root] if root.is_file() else sorted(root.rglob(runio.RESULTS))
+        # an earlier run's files that a fresh start moved aside are not results
+        files = [f for f in files if runio.SUPERSEDED not in f.relative_to(root).parts[:-1]]
         for path in files:
             try:
                 run = runio.read_json(path)
@@ -270,7 +272,8 @@ def summarize(runs: Sequence[dict[str, Any]], metrics: Sequence[str], target: st
     """Counts and median / quartiles of `metrics` over `runs` (nothing is dropped silently).
 
     reached: the target milestone was hit; diverged: status "diverged" without reaching it;
-    incomplete: interrupted / still running without reaching it; not_reached: the budget ran out.
+    incomplete: interrupted / still running without reaching it; invalid: refused as bad input
+    (a multirun job recorded with status "invalid"); not_reached: the budget ran out.
     """
     out: dict[str, Any] = {"n": len(runs)}
     hit = [r.get(target) is not None for r in runs]
@@ -280,7 +283,10 @@ def summarize(runs: Sequence[dict[str, Any]], metrics: Sequence[str], target: st
     out["incomplete"] = sum(
         1 for h, s in zip(hit, status, strict=True) if not h and s in ("interrupted", "running")
     )
-    out["not_reached"] = out["n"] - out["reached"] - out["diverged"] - out["incomplete"]
+    out["invalid"] = sum(1 for s in status if s == "invalid")
+    out["not_reached"] = (
+        out["n"] - out["reached"] - out["diverged"] - out["incomplete"] - out["invalid"]
+    )
     budgets = [_number(r.get("max_steps")) for r in runs]
     out["budget"] = int(max((b for b in budgets if b is not None), default=0)) or None
     for metric in metrics:
@@ -339,7 +345,7 @@ def _csv_number(x: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- tables
-COUNT_COLUMNS = ("n", "reached", "not_reached", "diverged", "incomplete")
+COUNT_COLUMNS = ("n", "reached", "not_reached", "diverged", "incomplete", "invalid")
 
 
 class Table:
@@ -376,15 +382,18 @@ class Table:
     def markdown(self) -> str:
         show_variant = any(r["variant"] for r in self.rows)
         show_incomplete = any(r["incomplete"] for r in self.rows)
+        show_invalid = any(r.get("invalid") for r in self.rows)
         head = ["task", "method"] + (["variant"] if show_variant else [])
         head += [*self.metrics, "reached", "not reached", "diverged"]
         head += ["incomplete"] if show_incomplete else []
+        head += ["invalid"] if show_invalid else []
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             cells = [r["task"], r["method"]] + ([r["variant"]] if show_variant else [])
             cells += [fmt_cell(r, m) for m in self.metrics]
             cells += [f"{r['reached']}/{r['n']}", str(r["not_reached"]), str(r["diverged"])]
             cells += [str(r["incomplete"])] if show_incomplete else []
+            cells += [str(r.get("invalid", 0))] if show_invalid else []
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 

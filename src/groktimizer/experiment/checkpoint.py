@@ -44,13 +44,17 @@ def state(step: int, seeds: list[int], config: dict[str, Any], members: list[Any
                 "tracker": m.tracker.state_dict(),
                 "generator": m.generator.get_state(),
                 "wall_time": m.wall_time,
+                # the metrics rows so far: a damaged or truncated metrics.jsonl is rebuilt
+                "log": m.log.read(),
             }
             for m in members
         ],
     }
 
 
-def find(path: Path, mode: str, seeds: list[int], config: dict[str, Any]) -> dict | None:
+def find(
+    path: Path, mode: str, seeds: list[int], config: dict[str, Any], max_steps: int
+) -> dict | None:
     """The checkpoint a run resumes from (None: a fresh start), checked before any work.
 
     Refuses (one-line error) a missing checkpoint with resume=true, an unreadable one, and one
@@ -65,6 +69,12 @@ def find(path: Path, mode: str, seeds: list[int], config: dict[str, Any]) -> dic
     if mode == "false" or not path.exists():
         return None
     st = runio.load_checkpoint(path)
+    if int(st["step"]) > max_steps:
+        raise ValueError(
+            f"trainer.max_steps={max_steps} is below the step of checkpoint {path} "
+            f"({st['step']}): give a budget >= {st['step']} to continue it, or "
+            "trainer.resume=false to start over"
+        )
     if list(st["seeds"]) != seeds:
         raise ValueError(
             f"checkpoint {path} holds seeds {st['seeds']}, this run has {seeds}; "
@@ -85,8 +95,12 @@ def find(path: Path, mode: str, seeds: list[int], config: dict[str, Any]) -> dic
     return st
 
 
-def restore(members: list[Any], st: dict[str, Any]) -> int:
-    """Load every member's state; returns the step the checkpoint was taken at."""
+def restore(members: list[Any], st: dict[str, Any], max_steps: int) -> int:
+    """Load every member's state; returns the step the checkpoint was taken at.
+
+    A member that had used its whole budget ("completed") trains on when `max_steps` is larger;
+    one that reached its target or diverged stays finished.
+    """
     step = int(st["step"])
     for m, s in zip(members, st["members"], strict=True):
         m.model.load_state_dict(s["model"])
@@ -96,5 +110,7 @@ def restore(members: list[Any], st: dict[str, Any]) -> int:
         m.tracker.load_state_dict(s["tracker"])
         m.generator.set_state(s["generator"])
         m.wall_time = float(s["wall_time"])
-        m.log.truncate_after(step)
+        m.log.restore(step, s.get("log"))
+        if m.tracker.status == "completed" and step < max_steps:
+            m.tracker.status, m.tracker.message = "running", ""
     return step

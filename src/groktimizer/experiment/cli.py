@@ -10,6 +10,7 @@ missing ``+experiment``, a wrong type, an unknown key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pickle
 import statistics
@@ -39,27 +40,95 @@ def _fail(err: BaseException) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
+INVALID_JOBS: list[str] = []  # multirun jobs refused as bad input in this process
+FAILED_JOBS: list[str] = []  # multirun jobs whose files could not be written (resumable)
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 -- not under Hydra
+        return False
+
+
+def _record_invalid(cfg: Any, run_dir: str, message: str) -> float:
+    """A bad job of a multirun: results.json with status `invalid`, and the sweep goes on."""
+    from omegaconf import OmegaConf
+
+    from groktimizer.experiment import outputs, runio
+
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 -- an unresolvable config is itself the problem
+        config = OmegaConf.to_container(cfg, resolve=False)
+    res = {
+        "status": "invalid",
+        "message": message,
+        "seed": cfg.get("seed"),
+        "experiment_name": cfg.get("experiment_name"),
+        "method": outputs.hydra_choices().get("method"),
+        "overrides": outputs.hydra_overrides(),
+        "config": config,
+        "code": outputs.code(),
+    }
+    path = os.path.join(run_dir, runio.RESULTS)
+    if os.path.exists(path):  # another run's results (a locked or mismatched folder): keep them
+        print(f"warning: {path} exists; the invalid job is not recorded there", file=sys.stderr)
+    else:
+        try:
+            runio.write_json(path, res)
+        except OSError as err:
+            print(f"warning: could not record the invalid job in {run_dir}: {err}", file=sys.stderr)
+    INVALID_JOBS.append(run_dir)
+    print(
+        f"error: {message} (job recorded as invalid in {run_dir}; the sweep goes on)",
+        file=sys.stderr,
+    )
+    return math.inf
+
+
 def run(cfg: Any, run_dir: str | None = None) -> float:
-    """Validate `cfg`, train, print a summary; exit with a one-line error on bad input."""
+    """Validate `cfg`, train, print a summary; exit with a one-line error on bad input.
+
+    In a multirun a bad job is recorded (results.json, status ``invalid``) and the sweep goes on.
+    """
     from hydra.errors import HydraException
 
     from groktimizer.experiment.trainer import Trainer
 
+    run_dir = run_dir or _output_dir()
     try:
         validate(cfg)
-        trainer = Trainer(cfg, run_dir or _output_dir())
-        # a checkpoint that is missing (resume=true), unreadable, or from another config
-        trainer.check_resume()
+        trainer = Trainer(cfg, run_dir)
+        # a checkpoint that is missing (resume=true), unreadable, or from another config; the
+        # run directory's lock (another live run there)
+        trainer.prepare()
     except (
         ConfigError,  # a value out of range, a non-phase-2 optimizer under a biphasic schedule
         BuildError,  # a constructor refused its arguments (names the config node)
         ValueError,  # a data set's or checkpoint's one-line refusal
-        OSError,  # FileNotFoundError: a data path, resume=true without a checkpoint
+        OSError,  # a data path, resume=true without a checkpoint, a locked or unwritable dir
         pickle.UnpicklingError,
         HydraException,  # instantiate: a _target_ that does not exist
     ) as err:
+        if _in_multirun():
+            return _record_invalid(cfg, run_dir, _one_line(err) or type(err).__name__)
         _fail(err)
-    results = trainer.train()
+    try:
+        results = trainer.train()
+    except OSError as err:  # a write failed (disk full, permissions): one line, files consistent
+        print(
+            f"error: writing the run's files failed: {_one_line(err)}; the last checkpoint in "
+            f"{trainer.run_dir} is intact and resumable",
+            file=sys.stderr,
+        )
+        if _in_multirun():  # the other jobs may still have room: the sweep goes on
+            FAILED_JOBS.append(str(trainer.run_dir))
+            return math.inf
+        sys.exit(1)
     for res in results:
         print(
             f"seed {res['seed']}: {res['status']} | steps {res['steps']} | "
@@ -144,6 +213,22 @@ def main_with_clear_errors(hydra_main: Callable[[], Any]) -> int:
     except (HydraException, OmegaConfBaseException) as err:
         print(f"error: {describe_config_error(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as err:  # Hydra creating its output folder: a file there, no permission
+        print(f"error: cannot create the run's output directory: {_one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     finally:
         os.environ.pop("HYDRA_FULL_ERROR", None)
-    return 0
+    if FAILED_JOBS:
+        print(
+            f"error: {len(FAILED_JOBS)} job(s) of the sweep could not write their files (run the "
+            "sweep again to resume them); the others ran",
+            file=sys.stderr,
+        )
+    if INVALID_JOBS:
+        print(
+            f"error: {len(INVALID_JOBS)} job(s) of the sweep were invalid (status 'invalid' in "
+            "their results.json); the others ran",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    return 1 if FAILED_JOBS else 0

@@ -120,13 +120,33 @@ def _generator(seed: int) -> torch.Generator:
     return g
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"Invalid {name}: {value!r} (accepted: an int >= {low})")
+# upper bounds keep a typo from asking for more memory than any machine has (p^2 pairs, n x d)
+MAX_P = 2000
+MAX_COUNT = 10**6
+MAX_ELEMENTS = 10**8
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        upper = f" and <= {high}" if high is not None else ""
+        raise ValueError(f"Invalid {name}: {value!r} (accepted: an int >= {low}{upper})")
+
+
+def _check_size(what: str, elements: int) -> None:
+    if elements > MAX_ELEMENTS:
+        raise ValueError(
+            f"Invalid size: {what} is {elements:,} numbers (accepted: at most {MAX_ELEMENTS:,})"
+        )
 
 
 def _check_fraction(name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value < 1.0:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not 0.0 < value < 1.0:
         raise ValueError(f"Invalid {name}: {value!r} (accepted: a number in (0, 1))")
 
 
@@ -232,7 +252,7 @@ def modular_arithmetic(
     The training set is ``int(train_fraction * n_pairs)`` pairs (at least 1, at most all but 1).
     """
     op = canonical_op(op)
-    _check_int("p", p, 2)
+    _check_int("p", p, 2, MAX_P)
     if op == "div" and not is_prime(p):
         raise ValueError(f"Invalid p: {p} (op 'div' needs a prime p)")
     _check_fraction("train_fraction", train_fraction)
@@ -295,12 +315,13 @@ def sparse_parity(
     label is 1 exactly when the product of the relevant features is -1); ``"01"``: features in
     {0, 1}. Train and validation strings are independent draws (they may repeat for small n_bits).
     """
-    _check_int("n_bits", n_bits, 1)
+    _check_int("n_bits", n_bits, 1, 100_000)
     _check_int("k", k, 1)
     if k > n_bits:
         raise ValueError(f"Invalid k: {k} (accepted: 1 <= k <= n_bits = {n_bits})")
-    _check_int("n_train", n_train, 1)
-    _check_int("n_val", n_val, 1)
+    _check_int("n_train", n_train, 1, MAX_COUNT)
+    _check_int("n_val", n_val, 1, MAX_COUNT)
+    _check_size("sparse parity (n_train + n_val) x n_bits", (n_train + n_val) * n_bits)
     if relevant not in _RELEVANT:
         raise ValueError(f"Invalid relevant: {relevant!r} (accepted: {_RELEVANT})")
     if encoding not in _ENCODINGS:
@@ -348,10 +369,11 @@ def linear_regression(
     ``2 X^T X / n`` has its nonzero eigenvalues near ``2 (d/n) (1 +- sqrt(n/d))^2``.
     Targets are ``[N, 1]``; validation points are fresh draws from the same teacher.
     """
-    _check_int("n", n, 1)
-    _check_int("d", d, 1)
-    _check_int("n_val", n_val, 1)
-    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or noise < 0:
+    _check_int("n", n, 1, MAX_COUNT)
+    _check_int("d", d, 1, MAX_COUNT)
+    _check_int("n_val", n_val, 1, MAX_COUNT)
+    _check_size("linear regression (n + n_val) x d", (n + n_val) * d)
+    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not 0 <= noise < math.inf:
         raise ValueError(f"Invalid noise: {noise!r} (accepted: a number >= 0)")
     g = _generator(seed)
 

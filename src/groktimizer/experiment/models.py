@@ -40,13 +40,17 @@ def _require_input(data: TaskData, kind: str, model: str) -> None:
         )
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"Invalid {name}: {value!r} (accepted: an int >= {low})")
+MAX_SIZE = 65_536  # widths, depths: a typo must not ask for more memory than a machine has
+
+
+def _check_int(name: str, value: Any, low: int, high: int = MAX_SIZE) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"Invalid {name}: {value!r} (accepted: an int >= {low} and <= {high})")
 
 
 def _check_init_scale(init_scale: Any) -> None:
-    if not isinstance(init_scale, (int, float)) or isinstance(init_scale, bool) or init_scale < 0:
+    ok = isinstance(init_scale, (int, float)) and not isinstance(init_scale, bool)
+    if not ok or not 0 <= init_scale < math.inf:
         raise ValueError(f"Invalid init_scale: {init_scale!r} (accepted: a number >= 0)")
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,9 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 _ATOMIC_NAMES = (RESULTS, METRICS, CHECKPOINT, CONFIG)
+CHECKPOINT_KEYS = frozenset({"step", "seeds", "members"})
+LOCK = ".run.lock"
+SUPERSEDED = "superseded"  # a fresh start moves an earlier run's files here
 
 # config keys (dotted prefixes) that do not change a run's numbers: a resume may change them, and
 # the table builder never splits a group on them
@@ -97,23 +100,26 @@ def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint's tensors and plain data; ValueError (one line) for anything else.
 
-    ``weights_only=True``: a checkpoint is data, never code, so a file holding pickled objects
-    (which could run code when unpickled) is refused, as is a damaged one.
+    ``weights_only=True``: a checkpoint is data, never code. A file that cannot be read that way
+    (random bytes, pickled objects, a truncated write) is damaged or foreign: we say so and never
+    suggest unsafe loading. A readable file that is not a run checkpoint is refused too.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- whatever torch raises on bytes it cannot read
         raise ValueError(
-            f"refusing checkpoint {path}: it holds objects other than tensors and plain data "
-            f"(loaded with weights_only=True: {first}); use trainer.resume=false to start over"
+            f"checkpoint {path} is damaged or not a GROKtimizer checkpoint "
+            f"({type(err).__name__}); use trainer.resume=false to start over (the old files "
+            "are moved aside)"
         ) from err
-    except (RuntimeError, EOFError) as err:
+    if not (isinstance(state, dict) and CHECKPOINT_KEYS <= set(state)):
+        missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
         raise ValueError(
-            f"checkpoint {path} is damaged ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
-            "use trainer.resume=false to start over"
-        ) from err
+            f"checkpoint {path} is not a GROKtimizer run checkpoint (it lacks "
+            f"{', '.join(sorted(missing))}); use trainer.resume=false to start over "
+            "(the old files are moved aside)"
+        )
+    return state
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
@@ -137,26 +143,127 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self, report: bool = False) -> list[dict[str, Any]]:
+        """Every valid row (a JSON object with an integer ``step``), in file order.
+
+        A bad line (cut by a crash, edited, or foreign) is skipped, never the rows after it;
+        with `report` each one is named on stderr.
+        """
+        rows, bad = [], []
         if not self.path.exists():
-            return []
-        rows = []
-        with open(self.path) as f:
-            for line in f:
+            return rows
+        with open(self.path, errors="replace") as f:
+            for n, line in enumerate(f, 1):
                 line = line.strip()
                 if not line:
                     continue
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError:
-                    break  # a line cut by a crash: everything after it is not trusted
+                    row = None
+                if isinstance(row, dict) and type(row.get("step")) is int:
+                    rows.append(row)
+                else:
+                    bad.append(n)
+        if bad and report:
+            shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+            print(
+                f"warning: {self.path}: skipped {len(bad)} damaged line(s) (line {shown})",
+                file=sys.stderr,
+            )
         return rows
+
+    def restore(self, step: int, saved: list[dict[str, Any]] | None = None) -> list[dict]:
+        """Rewrite the log as the rows up to `step`: the valid rows on disk, with any row the
+        checkpoint saved (`saved`) that the file lost put back in its place."""
+        by_step = {r["step"]: r for r in (saved or []) if r["step"] <= step}
+        for r in self.read(report=True):
+            if r["step"] <= step:
+                by_step[r["step"]] = r
+        rows = [by_step[k] for k in sorted(by_step)]
+        if saved is not None:
+            missing = len({r["step"] for r in saved if r["step"] <= step} - set(self._steps()))
+            if missing:
+                print(
+                    f"warning: {self.path}: {missing} row(s) rebuilt from the checkpoint",
+                    file=sys.stderr,
+                )
+        write_text(
+            self.path, "".join(json.dumps(_jsonable(r), sort_keys=True) + "\n" for r in rows)
+        )
+        return rows
+
+    def _steps(self) -> list[int]:
+        return [r["step"] for r in self.read()]
 
     def truncate_after(self, step: int) -> list[dict[str, Any]]:
         """Keep rows with step <= `step` (resuming from a checkpoint taken at `step`)."""
-        rows = [r for r in self.read() if r["step"] <= step]
-        write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        return rows
+        return self.restore(step)
+
+
+def move_aside(run_dir: Path, names: tuple[str, ...]) -> Path | None:
+    """Move an earlier run's files out of `run_dir` (a fresh start must start clean).
+
+    They go to ``run_dir/superseded/<UTC time>/`` (the table builder skips that folder); returns
+    it, or None when there was nothing to move.
+    """
+    import time
+
+    present = [run_dir / n for n in names if (run_dir / n).exists()]
+    if not present:
+        return None
+    dest = run_dir / SUPERSEDED / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    k = 0
+    while dest.exists():
+        k += 1
+        dest = dest.with_name(dest.name.split("-")[0] + f"-{k}")
+    dest.mkdir(parents=True)
+    for p in present:
+        os.replace(p, dest / p.name)
+    return dest
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held for the whole run (``fcntl.flock``).
+
+    A second process that tries the same directory gets a one-line error naming the holder (pid,
+    host, start time), instead of both writing every row twice. The OS drops the lock when the
+    holder dies, so a killed run never leaves the directory locked.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+        import socket
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLockedError(
+                f"run directory {self.path.parent} is in use by {holder}; wait for it, or "
+                "choose another hydra.run.dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+class RunLockedError(OSError):
+    """The run directory is locked by another live run."""
 
 
 def hardware() -> str:

@@ -81,6 +81,7 @@ class Trainer:
         self._stop_signal: int | None = None
         self._resume_state: dict[str, Any] | None = None
         self._resume_checked = False
+        self._lock: runio.RunLock | None = None
         # everything is built (and validated) before any file is written
         self.members = [self._build_member(s) for s in self.seeds]
         task = self.members[0].data.task
@@ -187,6 +188,7 @@ class Trainer:
     def train(self) -> list[dict[str, Any]]:
         """Run to the end (or a stop signal); returns each member's results dict."""
         exit_code = 0
+        self.prepare()
         with StopSignals(self) as signals:
             resumed = self._maybe_resume()
             outputs.write_configs(self)
@@ -214,12 +216,14 @@ class Trainer:
                         self.save_checkpoint()
                 if progress is not None:
                     progress.close()
-                for m in self.members:
-                    if m.tracker.status == "running":
-                        m.tracker.status = "completed"
-                        m.tracker.message = f"budget of {self.tcfg.max_steps} steps used"
-                        outputs.finish(self, m)
+                done = [m for m in self.members if m.tracker.status == "running"]
+                for m in done:
+                    m.tracker.status = "completed"
+                    m.tracker.message = f"budget of {self.tcfg.max_steps} steps used"
+                # the checkpoint first: results.json never claims more than the checkpoint holds
                 self.save_checkpoint()
+                for m in done:
+                    outputs.finish(self, m)
                 return [runio.read_json(m.out_dir / runio.RESULTS) for m in self.members]
             except BaseException:
                 exit_code = 1
@@ -228,13 +232,18 @@ class Trainer:
                 for m in self.members:
                     if m.wandb is not None:
                         m.wandb.finish(exit_code=exit_code)
+                self._release()
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate_all(self, members: list[Member], dt: float) -> None:
         for m in members:
             m.wall_time += dt / len(members)
             self._evaluate(m)
-            if not m.active:
+        finished = [m for m in members if not m.active]
+        if finished:
+            # the checkpoint first: results.json never claims more than the checkpoint holds
+            self.save_checkpoint()
+            for m in finished:
                 outputs.finish(self, m)
 
     @torch.no_grad()
@@ -328,32 +337,54 @@ class Trainer:
         if not self._resume_checked:
             mode = str(self.tcfg.resume).lower()
             self._resume_state = checkpoint.find(
-                self.checkpoint_path, mode, self.seeds, self.config_dict
+                self.checkpoint_path, mode, self.seeds, self.config_dict, self.tcfg.max_steps
             )
             self._resume_checked = True
         return self._resume_state
+
+    def prepare(self) -> None:
+        """Checks before any work: the checkpoint to resume (if any) and the run-directory lock."""
+        self.check_resume()
+        if self._lock is None:
+            lock = runio.RunLock(self.run_dir)
+            lock.acquire()
+            self._lock = lock
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _maybe_resume(self) -> bool:
         state = self.check_resume()
         self._resume_state = None
         if state is None:
+            self._start_clean()
             return False
         for d in {self.run_dir, *(m.out_dir for m in self.members)}:
             runio.remove_stale_temporaries(d)  # left by a crash mid-write
-        self.step = checkpoint.restore(self.members, state)
+        self.step = checkpoint.restore(self.members, state, self.tcfg.max_steps)
         print(f"resumed from {self.checkpoint_path} at step {self.step}", file=sys.stderr)
         return True
+
+    def _start_clean(self) -> None:
+        """A fresh start never appends to an earlier run's files: they are moved aside."""
+        names = (runio.RESULTS, runio.METRICS, runio.CHECKPOINT, runio.CONFIG, "curves.png")
+        for d in dict.fromkeys([self.run_dir, *(m.out_dir for m in self.members)]):
+            moved = runio.move_aside(d, names)
+            if moved is not None:
+                print(f"an earlier run's files in {d} were moved to {moved}", file=sys.stderr)
 
     def _interrupt(self, active: list[Member], dt: float, signals: StopSignals) -> None:
         """Checkpoint, record the interruption, then let the launcher requeue the job."""
         for m in active:
             m.wall_time += dt / len(active)
+        self.save_checkpoint()  # "running": a resume continues the run
+        for m in active:
             m.tracker.status = "interrupted"
             m.tracker.message = f"signal {self._stop_signal} at step {self.step}; resumable"
             runio.write_json(m.out_dir / runio.RESULTS, outputs.results(self, m))
-            # the checkpoint keeps "running": a resume continues the run
             m.tracker.status = "running"
             m.tracker.message = ""
-        self.save_checkpoint()
         self.exit_code = EXIT_INTERRUPTED
         signals.chain(self._stop_signal)
