@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import math
 
 import pytest
@@ -76,9 +77,13 @@ class Pair:
         self.loss = vmap(loss)
         self.t = 0
 
-    def step(self, ref_members=None, clip=None) -> None:
+    def step(self, ref_members=None, clip=None, forward="vmap") -> None:
         self.opt.zero_grad()
-        self.loss(self.stacked, self.x, self.y).sum().backward()
+        if forward == "vmap":
+            self.loss(self.stacked, self.x, self.y).sum().backward()
+        else:  # each member's own model: its gradients land in the stack (stack_modules views)
+            for k, m in enumerate(self.models):
+                F.cross_entropy(m(self.x[k]), self.y[k]).backward()
         self.opt.step()
         for k in ref_members if ref_members is not None else range(self.K):
             m, o = self.refs[k], self.ref_opts[k]
@@ -146,12 +151,17 @@ def test_adam_cdm_members_match_adam_cdm():
         MemberSpec("adam_cdm", lr=2e-3, weight_decay=1.0, eps=1e-3, v_floor=1e-2),
         MemberSpec("adam_cdm", lr=1e-3, weight_decay=0.5, freeze_v=True),
     ]
+    nesterov = "nesterov" in inspect.signature(AdamCDM).parameters  # AdamCDM gained it lately
+    if nesterov:
+        specs.append(MemberSpec("adam_cdm", lr=1e-3, weight_decay=1.0, nesterov=True))
+        specs.append(MemberSpec("adam_cdm", lr=1e-3, weight_decay=1.0, momentum=0.9))
 
     def ref(k, m):
         s = specs[k]
+        extra = {"nesterov": s.nesterov, "momentum": s.momentum} if nesterov else {}
         return AdamCDM(
             m.parameters(), s.lr, s.weight_decay, s.damping, s.betas[1], s.eps, s.v_floor,
-            s.freeze_v,
+            s.freeze_v, **extra,
         )  # fmt: skip
 
     pair = Pair(specs, ref)
@@ -159,7 +169,7 @@ def test_adam_cdm_members_match_adam_cdm():
         pair.step()
     pair.check()
     # a frozen metric counts one update (the first gradient), the others every step
-    assert pair.opt._step.tolist() == [STEPS, STEPS, STEPS, 1]
+    assert pair.opt._step.tolist()[:4] == [STEPS, STEPS, STEPS, 1]
 
 
 def test_adam_and_adamw_members_match_torch():
@@ -308,6 +318,27 @@ def test_inactive_member_is_frozen_and_the_others_still_match():
     assert pair.opt.num_steps.tolist() == [40, 20, 40]
 
 
+def test_member_models_backward_into_the_stack():
+    specs = [MemberSpec("adam_cdm", lr=1e-3, weight_decay=w, phase1=Phase1Spec(lr=1e-2),
+                        switch=StepSwitch(20)) for w in (1.0, 3.0)]  # fmt: skip
+    phase1 = functools.partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.0, betas=(0.9, 0.98))
+
+    def ref(k, m):
+        phase2 = functools.partial(AdamCDM, lr=1e-3, weight_decay=specs[k].weight_decay)
+        return GROKtimizer(m.parameters(), phase1, phase2, switch=StepSwitch(20))
+
+    pair = Pair(specs, ref)
+    for _ in range(40):
+        pair.step(forward="loop")
+        pair.opt.observe(pair.t, {})
+        for o in pair.ref_opts:
+            o.observe(step=pair.t)
+    pair.check()
+    for k, m in enumerate(pair.models):  # still views after 40 zero_grad/backward rounds
+        for n, p in m.named_parameters():
+            assert p.grad.data_ptr() == pair.stacked[n].grad[k].data_ptr()
+
+
 def test_per_member_gradient_clipping_matches_clip_grad_norm():
     specs = [MemberSpec("adamw", lr=1e-2, weight_decay=1.0)] * 3
     pair = Pair(
@@ -439,3 +470,47 @@ def test_batched_optimizer_rejects_bad_arguments_naming_them():
     with pytest.raises(ValueError, match="member 0 has no phase 1"):
         opt.switch([0])
     assert math.isnan(float(opt.momentum_used[0]))
+
+
+def test_member_spec_reads_the_factories_a_single_run_is_built_from():
+    from groktimizer.batched import member_spec
+    from groktimizer.switch import AccuracySwitch
+
+    sw = AccuracySwitch(threshold=0.99, patience=3)
+    schedule = functools.partial(
+        GROKtimizer,
+        phase1=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.0, betas=[0.9, 0.98]),
+        switch=sw,
+    )
+    s = member_spec(
+        functools.partial(AdamCDM, lr=2e-4, weight_decay=5.0, beta2=0.95),
+        schedule,
+        GradFilterEMA(0.9, 1.5),
+    )
+    assert (s.optimizer, s.lr, s.weight_decay, s.betas[1], s.eps) == (
+        "adam_cdm",
+        2e-4,
+        5.0,
+        0.95,
+        1e-8,
+    )
+    assert s.phase1 == Phase1Spec("adamw", 1e-3, 0.0, (0.9, 0.98), 1e-8)
+    assert isinstance(s.switch, AccuracySwitch) and s.switch is not sw  # one criterion per member
+    assert s.switch.threshold == 0.99 and s.grad_filter == EMASpec(0.9, 1.5)
+    # torch's own defaults fill what the partial leaves out (AdamW: weight decay 0.01)
+    w = member_spec(functools.partial(torch.optim.AdamW, lr=1e-3), None, GradFilterMA(50, 5.0))
+    assert (w.optimizer, w.weight_decay, w.betas, w.phase1) == ("adamw", 1e-2, (0.9, 0.999), None)
+    assert w.grad_filter == MASpec(50, 5.0)
+    gd = member_spec(functools.partial(CDM, lr=1.0, weight_decay=1e-3, momentum=0.0))
+    assert (gd.optimizer, gd.momentum) == ("cdm", 0.0)
+    sgd = member_spec(functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9))
+    assert (sgd.optimizer, sgd.momentum, sgd.weight_decay) == ("cdm", 0.9, 0.0)
+    with pytest.raises(ValueError, match="member_spec: optimizer must build"):
+        member_spec(functools.partial(torch.optim.RMSprop, lr=1e-3))
+    with pytest.raises(ValueError, match="member_spec: schedule must not set lr"):
+        member_spec(
+            functools.partial(CDM, lr=1.0, weight_decay=1e-3),
+            functools.partial(GROKtimizer, lr="auto"),
+        )
+    with pytest.raises(ValueError, match="member_spec: optimizer must not set maximize"):
+        member_spec(functools.partial(torch.optim.Adam, lr=1e-3, amsgrad=True))

@@ -51,6 +51,7 @@ __all__ = [
     "MemberSpec",
     "BatchedOptimizer",
     "stack_modules",
+    "member_spec",
     "critical_momentum_batched",
 ]
 
@@ -136,8 +137,9 @@ class MemberSpec:
 
     Fields mirror the pipeline's optimizer config (``optimizer.*``); those that do not apply to
     ``optimizer`` are ignored. ``betas``: (β₁, β₂) for adam/adamw, β₂ = ``betas[1]`` for adam_cdm.
-    ``momentum``: explicit CDM β (None: critical). ``switch``: when a biphasic member leaves
-    phase 1 (default ``AccuracySwitch()``, as GROKtimizer); a fresh criterion per member.
+    ``momentum``, ``nesterov``: as in CDM and AdamCDM (explicit β; None: critical).
+    ``switch``: when a biphasic member leaves phase 1 (default ``AccuracySwitch()``, as
+    GROKtimizer); a fresh criterion per member.
     """
 
     optimizer: str
@@ -176,19 +178,118 @@ class MemberSpec:
         vf = self.v_floor
         ok = vf is None or (_real(vf) and vf >= 0)
         _check(o, "v_floor", vf, ok, "None or a float >= 0")
-        if name == "cdm" and m is None and wd == 0:
+        if name in ("cdm", "adam_cdm") and m is None and wd == 0:
             raise ValueError(
-                f"{o}: weight_decay must be > 0 for cdm without an explicit momentum (beta "
+                f"{o}: weight_decay must be > 0 for {name} without an explicit momentum (beta "
                 f"depends on sqrt(lr*weight_decay)), got {wd!r}"
             )
-        if name == "adam_cdm" and wd == 0:
-            raise ValueError(f"{o}: weight_decay must be > 0 for adam_cdm, got {wd!r}")
         ok = self.phase1 is None or isinstance(self.phase1, Phase1Spec)
         _check(o, "phase1", self.phase1, ok, "None or a Phase1Spec")
         ok = self.switch is None or isinstance(self.switch, SwitchCriterion)
         _check(o, "switch", self.switch, ok, "None or a SwitchCriterion")
         ok = self.grad_filter is None or isinstance(self.grad_filter, (EMASpec, MASpec))
         _check(o, "grad_filter", self.grad_filter, ok, "None, an EMASpec or an MASpec")
+
+
+def _call_args(factory: Any, owner: str, name: str) -> tuple[Any, dict[str, Any]]:
+    """(class, keyword arguments with the class's defaults) of a ``functools.partial`` or class."""
+    import inspect
+
+    func = getattr(factory, "func", factory)
+    if getattr(factory, "args", ()):
+        raise ValueError(f"{owner}: {name} must take keyword arguments only, got {factory!r}")
+    kwargs = {
+        k: p.default
+        for k, p in inspect.signature(func).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    kwargs.update(getattr(factory, "keywords", {}) or {})
+    return func, kwargs
+
+
+def _is(func: Any, cls: type) -> bool:
+    return isinstance(func, type) and issubclass(func, cls)
+
+
+def _pair(x: Any) -> tuple[float, float]:
+    return (float(x[0]), float(x[1]))
+
+
+def _from_optimizer(factory: Any, owner: str) -> dict[str, Any]:
+    from .adam_cdm import AdamCDM
+    from .cdm import CDM
+
+    func, kw = _call_args(factory, owner, "optimizer")
+    if kw.get("maximize") or kw.get("amsgrad"):
+        raise ValueError(f"{owner}: optimizer must not set maximize or amsgrad, got {factory!r}")
+    if _is(func, AdamCDM):  # before CDM: AdamCDM may subclass it
+        keys = ("lr", "weight_decay", "damping", "eps", "v_floor", "freeze_v")
+        keys += tuple(k for k in ("nesterov", "momentum") if k in kw)
+        return {"optimizer": "adam_cdm", "betas": (0.9, kw["beta2"]), **{k: kw[k] for k in keys}}
+    if _is(func, CDM):
+        keys = ("lr", "weight_decay", "damping", "nesterov", "momentum")
+        return {"optimizer": "cdm", **{k: kw[k] for k in keys}}
+    if _is(func, torch.optim.Adam) or _is(func, torch.optim.AdamW):
+        decoupled = _is(func, torch.optim.AdamW) or bool(kw.get("decoupled_weight_decay"))
+        return {
+            "optimizer": "adamw" if decoupled else "adam",
+            "lr": kw["lr"],
+            "weight_decay": kw["weight_decay"],
+            "betas": _pair(kw["betas"]),
+            "eps": kw["eps"],
+        }
+    if _is(func, torch.optim.SGD):  # SGD(momentum m, dampening 0) is CDM with momentum m
+        if kw.get("dampening", 0) != 0:
+            raise ValueError(f"{owner}: optimizer SGD must have dampening 0, got {factory!r}")
+        keys = ("lr", "weight_decay", "nesterov", "momentum")
+        return {"optimizer": "cdm", **{k: kw[k] for k in keys}}
+    raise ValueError(
+        f"{owner}: optimizer must build CDM, AdamCDM, torch Adam, AdamW or SGD, got {factory!r}"
+    )
+
+
+def member_spec(optimizer: Any, schedule: Any = None, grad_filter: Any = None) -> MemberSpec:
+    """The ``MemberSpec`` of a run built from the same objects a single run is built from.
+
+    ``optimizer``: ``params -> Optimizer`` (a ``functools.partial`` of CDM, AdamCDM, torch Adam,
+    AdamW or SGD, as ``instantiate`` makes from a ``_partial_`` config); ``schedule``: None (one
+    phase) or a partial of ``GROKtimizer`` (its ``phase1`` partial and ``switch`` criterion are
+    read; the criterion is copied, one per member); ``grad_filter``: None, a ``GradFilterEMA`` or
+    a ``GradFilterMA``. Arguments the batch cannot reproduce fail with a ValueError.
+    """
+    import copy
+
+    from .biphasic import GROKtimizer, default_phase1
+    from .filters import GradFilterEMA, GradFilterMA
+
+    o = "member_spec"
+    spec = _from_optimizer(optimizer, o)
+    if schedule is not None:
+        func, kw = _call_args(schedule, o, "schedule")
+        if not _is(func, GROKtimizer):
+            raise ValueError(f"{o}: schedule must be None or build GROKtimizer, got {schedule!r}")
+        if kw.get("lr") is not None or kw.get("weight_decay") is not None:
+            raise ValueError(
+                f"{o}: schedule must not set lr or weight_decay (lr='auto' is measured per run, "
+                f"not batched), got lr={kw.get('lr')!r}, weight_decay={kw.get('weight_decay')!r}"
+            )
+        p1 = _from_optimizer(kw.get("phase1") or default_phase1, o)
+        if p1["optimizer"] not in ("adam", "adamw"):
+            raise ValueError(f"{o}: schedule.phase1 must build torch Adam or AdamW, got {p1!r}")
+        keys = ("lr", "weight_decay", "betas", "eps")
+        spec["phase1"] = Phase1Spec(p1["optimizer"], **{k: p1[k] for k in keys})
+        sw = kw.get("switch")
+        spec["switch"] = copy.deepcopy(sw) if sw is not None else None
+    if isinstance(grad_filter, GradFilterEMA):
+        spec["grad_filter"] = EMASpec(grad_filter.alpha, grad_filter.lamb)
+    elif isinstance(grad_filter, GradFilterMA):
+        g = grad_filter
+        spec["grad_filter"] = MASpec(g.window, g.lamb, g.filter_type, g.warmup)
+    elif grad_filter is not None:
+        raise ValueError(
+            f"{o}: grad_filter must be None, a GradFilterEMA or a GradFilterMA, got {grad_filter!r}"
+        )
+    return MemberSpec(**spec)
 
 
 # Per-member settings of one phase, as columns of a [K, len(_COLS)] float64 table.
@@ -234,11 +335,10 @@ def _optimizer_row(s: MemberSpec) -> list[float]:
         row["decoupled"] = float(s.optimizer == "adamw")
     else:
         row["cdm"] = 1.0
-        if s.optimizer == "cdm":
-            row["nesterov"] = float(s.nesterov)
-            if s.momentum is not None:
-                row["momentum"] = s.momentum
-        else:
+        row["nesterov"] = float(s.nesterov)
+        if s.momentum is not None:
+            row["momentum"] = s.momentum
+        if s.optimizer == "adam_cdm":
             row.update(precond=1.0, freeze_v=float(s.freeze_v), v_floor=s.v_floor or 0.0)
     return [float(row[c]) for c in _COLS]
 
@@ -256,7 +356,11 @@ def stack_modules(models: Sequence[nn.Module], share: bool = True) -> dict[str, 
 
     With ``share`` each model's parameters become views of its slice of the stack, so model k
     always holds member k's current weights (evaluation, checkpoints and weight norms work on the
-    models unchanged; train through the stack, e.g. ``functional_call`` + ``vmap``).
+    models unchanged), and their ``.grad`` views of the stack's ``.grad`` (allocated here, zero):
+    a backward through model k accumulates in place into slice k. So either train through the
+    stack (``functional_call`` + ``vmap``) or run each model's own forward/backward; both fill the
+    stacked gradients that ``BatchedOptimizer.step`` reads. Clear them with
+    ``BatchedOptimizer.zero_grad()`` (in place), never ``model.zero_grad()`` (which unlinks them).
     """
     if not models:
         raise ValueError("stack_modules: models must be a non-empty sequence, got an empty one")
@@ -271,8 +375,10 @@ def stack_modules(models: Sequence[nn.Module], share: bool = True) -> dict[str, 
     for k in names:
         s = torch.stack([n[k].detach() for n in named]).requires_grad_(named[0][k].requires_grad)
         if share:
+            s.grad = torch.zeros_like(s)
             for i, n in enumerate(named):
                 n[k].data = s.detach()[i]
+                n[k].grad = s.grad[i]
         stacked[k] = s
     return stacked
 
@@ -476,7 +582,9 @@ class BatchedOptimizer:
             self.switch_step[i] = int(self.num_steps[i]) if step is None else int(step)
 
     # ------------------------------------------------------------------ the step
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero the stacked gradients in place (default: the members' ``.grad`` of
+        ``stack_modules`` are views of them); ``set_to_none=True`` drops them instead."""
         for p in self.params:
             if p.grad is None:
                 continue
@@ -580,8 +688,8 @@ class BatchedOptimizer:
         if not full:
             out = [torch.where(m, o, g) for m, o, g in zip(masks, out, gs, strict=True)]
         for p, g in zip(ps, out, strict=True):
-            p.grad = g
-        return out
+            p.grad.copy_(g)  # in place: members' .grad may be views of it (stack_modules)
+        return [p.grad for p in ps]
 
     def _ma_history(self, idx: list[int]) -> list[Tensor]:
         lst = self.state.setdefault("ma_history", [None] * len(self.params))
@@ -595,10 +703,9 @@ class BatchedOptimizer:
         """Per member, ``clip_grad_norm_``: g ← g·min(1, c/(‖g‖ + 1e-6)) over its own tensors."""
         sq = torch.stack([g.reshape(self.K, -1).pow(2).sum(1) for g in gs]).sum(0)
         coef = (self.max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-        out = [g * coef.view(self.K, *([1] * (g.dim() - 1))) for g in gs]
-        for i, g in zip(idx, out, strict=True):
-            self.params[i].grad = g
-        return out
+        for g in gs:
+            g.mul_(coef.view(self.K, *([1] * (g.dim() - 1))).to(g.dtype))
+        return gs
 
     def _adam_step(self, idx, ps, gs, cur, mask: Tensor) -> None:
         full = bool(mask.all())
