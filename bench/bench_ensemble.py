@@ -12,7 +12,9 @@ Throughput is member-steps per second (K x steps / wall time). Variants:
   evaluation every ``trainer.eval_every`` steps, one metrics line per evaluation), no Trainer;
 - ``batched``: the same minimal loop for all K members at once: parameters stacked ``[K, ...]``,
   forward/backward through ``functional_call`` + ``vmap``, one ``groktimizer.batched``
-  ``BatchedOptimizer`` step for all members (per-member phase and switch), evaluation vmapped.
+  ``BatchedOptimizer`` step for all members (per-member phase and switch), evaluation vmapped;
+- ``batched_loop``: the same, but each member's forward/backward on its own model (plain matmuls;
+  the gradients land in the stack), only the optimizer step batched.
 
 Target: batched >= 3x separate runs (8 members, small config).
 """
@@ -47,6 +49,8 @@ CONFIGS = {
     # where the reference grokking loops live on CPU: tiny full-batch steps, overhead-bound
     "small": ["dataset.p=23", "model.width=128", "model.embed_dim=32"],
     "default": [],  # a+b mod 97, MLP 2x128 -> 512 -> 97: compute-bound on CPU
+    # overhead-bound even on one CPU thread: where batching members pays most
+    "tiny": ["dataset.p=23", "model.width=32", "model.embed_dim=8"],
 }
 
 
@@ -170,8 +174,10 @@ def plain(ov: list[str], seeds: list[int], steps: int) -> float:
     return total / (len(seeds) * steps)
 
 
-def batched(ov: list[str], seeds: list[int], steps: int) -> float:
-    """All K members as one batch: stacked parameters, vmap, one BatchedOptimizer."""
+def batched(ov: list[str], seeds: list[int], steps: int, forward: str = "vmap") -> float:
+    """All K members as one batch: stacked parameters, one BatchedOptimizer step. ``forward``:
+    ``vmap`` (one vmapped forward/backward) or ``loop`` (each member's own model, its gradients
+    landing in the stack through the views ``stack_modules`` sets up)."""
     from torch.func import functional_call, vmap
 
     cfg = compose(*ov)
@@ -203,7 +209,11 @@ def batched(ov: list[str], seeds: list[int], steps: int) -> float:
         t0 = time.perf_counter()
         for step in range(1, steps + 1):
             opt.zero_grad()
-            loss(stacked, xs, ys).sum().backward()
+            if forward == "vmap":
+                loss(stacked, xs, ys).sum().backward()
+            else:
+                for (d, _), m in zip(built, models, strict=True):
+                    F.cross_entropy(m(d.x_train), d.y_train).backward()
             opt.step()
             if step % every == 0 or step == steps:
                 with torch.no_grad():
@@ -233,7 +243,8 @@ def main() -> None:
     ap.add_argument(
         "--variants",
         default="separate,vmap,loop,plain,batched",
-        help="comma list of separate, vmap, loop, plain, batched (separate is the reference)",
+        help="comma list of separate, vmap, loop, plain, batched, batched_loop (the first is the "
+        "reference of the ratios)",
     )
     add_thread_arg(ap)
     args = ap.parse_args()
@@ -246,6 +257,7 @@ def main() -> None:
         "loop": lambda ov: ensemble(ov, seeds, args.steps, "loop"),
         "plain": lambda ov: plain(ov, seeds, args.steps),
         "batched": lambda ov: batched(ov, seeds, args.steps),
+        "batched_loop": lambda ov: batched(ov, seeds, args.steps, forward="loop"),
     }
     variants = args.variants.split(",")
     ref = variants[0]
