@@ -151,7 +151,7 @@ def test_sigkill_at_three_points_and_mid_checkpoint_resumes_exactly(reference, t
     # 2. right after the switch (step 40), resuming from the checkpoint at 30 replays it
     p = train(*args, faults={"FAULT_KILL_AT_STEP": 43})
     assert p.returncode == -signal.SIGKILL, p.stderr
-    assert "resumed from" in p.stderr and _ckpt_step(d) == 30
+    assert "resumed from" in p.stdout and _ckpt_step(d) == 30
     assert [r["phase"] for r in _rows(d) if r["step"] in (35, 40)] == [1, 2]
     # 3. in the middle of writing the checkpoint of step 75: the one of step 60 stays intact
     p = train(*args, faults={"FAULT_KILL_IN_CHECKPOINT_AT_STEP": 75})
@@ -167,7 +167,7 @@ def test_sigkill_at_three_points_and_mid_checkpoint_resumes_exactly(reference, t
     # 5. resumed to the end
     p = train(*args)
     assert p.returncode == 0, p.stderr
-    assert "resumed from" in p.stderr
+    assert "resumed from" in p.stdout
     assert _rows(d) == _rows(reference)
     assert _results(d) == _results(reference)
 
@@ -185,7 +185,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes_exactly(reference, tmp_path):
     assert [r["step"] for r in _rows(d)][-1] == 70
     p = train(*args)
     assert p.returncode == 0, p.stderr
-    assert "resumed from" in p.stderr and "at step 71" in p.stderr
+    assert "resumed from" in p.stdout and "at step 71" in p.stdout
     assert _rows(d) == _rows(reference)
     assert _results(d) == _results(reference)
 

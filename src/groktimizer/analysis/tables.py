@@ -755,12 +755,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("sweep_dirs", nargs="+", help="sweep directories (searched recursively)")
     p.add_argument("--table", default="runs", choices=sorted(TABLES))
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--out", default=None, help="output directory (default: <first sweep dir>/tables)"
+    )
     p.add_argument("--target", default="t_gen99", help="milestone that counts as reached")
     p.add_argument("--ours", default="groktimizer", help="table4: methods not baselines")
     p.add_argument("--command", default=None, help="the training command, quoted in the table")
     p.add_argument("--no-figure", action="store_true")
     a = p.parse_args(argv)
+    if a.out is None:
+        first = Path(a.sweep_dirs[0])
+        a.out = str((first.parent if first.is_file() else first) / "tables")
     try:
         tab = build(
             a.sweep_dirs,

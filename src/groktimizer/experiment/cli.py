@@ -10,6 +10,7 @@ missing ``+experiment``, a wrong type, an unknown key.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import pickle
@@ -22,6 +23,7 @@ from groktimizer.experiment.builders import BuildError
 from groktimizer.experiment.config import ConfigError, validate
 
 EXIT_BAD_INPUT = 2
+log = logging.getLogger("groktimizer")
 
 
 def _output_dir() -> str:
@@ -100,6 +102,10 @@ def run(cfg: Any, run_dir: str | None = None) -> float:
     from groktimizer.experiment.trainer import Trainer
 
     run_dir = run_dir or _output_dir()
+    if cfg.trainer.get("print_config"):
+        from omegaconf import OmegaConf
+
+        log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         validate(cfg)
         trainer = Trainer(cfg, run_dir)
@@ -130,13 +136,13 @@ def run(cfg: Any, run_dir: str | None = None) -> float:
             return math.inf
         sys.exit(1)
     for res in results:
-        print(
+        log.info(
             f"seed {res['seed']}: {res['status']} | steps {res['steps']} | "
             f"t_interp {res['t_interp']} | t_switch {res['t_switch']} | "
             f"t_gen99 {res['t_gen99']} | val_acc {float(res['final_val_acc']):.4f} | "
             f"norm {float(res['final_weight_norm']):.2f} | {res['wall_time_s']:.1f}s"
         )
-    print(f"outputs: {trainer.run_dir}")
+    log.info(f"outputs: {trainer.run_dir}")
     if trainer.exit_code:
         sys.exit(trainer.exit_code)
     budget = cfg.trainer.max_steps
@@ -232,3 +238,20 @@ def main_with_clear_errors(hydra_main: Callable[[], Any]) -> int:
         )
         return EXIT_BAD_INPUT
     return 1 if FAILED_JOBS else 0
+
+
+def console_main() -> None:
+    """`groktimizer-train`: train.py for an installed package (the config from the source tree's
+    conf/, or --config-dir). Same arguments and exit codes as `python train.py`."""
+    import hydra
+
+    from groktimizer.experiment.config import register_configs
+
+    register_configs()
+    conf = os.environ.get("GROKTIMIZER_CONF", os.path.join(os.getcwd(), "conf"))
+
+    @hydra.main(version_base="1.3", config_path=os.path.abspath(conf), config_name="train")
+    def _main(cfg: Any) -> float:
+        return run(cfg)
+
+    sys.exit(main_with_clear_errors(_main))

@@ -122,7 +122,8 @@ class TrainerConfig:
     # (vmap on CUDA, loop on CPU, where one after another is faster for these small models)
     ensemble: str = "auto"
     compile: bool = False
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal, else a log line every 30 s
+    print_config: bool = False  # log the resolved config (YAML) at the start
     plots: bool = True
     sharpness: bool = False  # top Hessian eigenvalue at the end (power iteration)
     sharpness_iters: int = 50
@@ -277,6 +278,7 @@ TRAINER_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ensemble": _choice("auto", "vmap", "loop"),
     "compile": _bool(),
     "progress": _bool(),
+    "print_config": _bool(),
     "plots": _bool(),
     "sharpness": _bool(),
     "sharpness_iters": _int(1, 10_000),

@@ -461,6 +461,49 @@ class DataLoadError(ValueError):
     """A data set could not be loaded (one line naming the source and what to do)."""
 
 
+OFFLINE_HINT = (
+    "without network, pass a local path (a folder written by Dataset.save_to_disk, or "
+    "parquet/arrow files) as dataset.source"
+)
+
+
+def _check_hub_reachable(source: str, cache_dir: str | None) -> None:
+    """Fail at once, not after a minute of retries, when the hub cannot be reached and the data
+    set is not in the local cache: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or no connection."""
+    import socket
+
+    offline = any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes")
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+    if offline:
+        cached = _in_cache(source, cache_dir)
+        if not cached:
+            raise DataLoadError(
+                f"could not load MNIST from hub id {source!r}: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE "
+                f"is set and it is not in the local cache; {OFFLINE_HINT}"
+            )
+        return
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as err:
+        if not _in_cache(source, cache_dir):
+            raise DataLoadError(
+                f"could not load MNIST from hub id {source!r}: {host} is unreachable "
+                f"({type(err).__name__}); {OFFLINE_HINT}, or set HF_DATASETS_OFFLINE=1 to use "
+                "the local cache"
+            ) from err
+
+
+def _in_cache(source: str, cache_dir: str | None) -> bool:
+    from pathlib import Path
+
+    root = Path(cache_dir or os.environ.get("HF_DATASETS_CACHE", "~/.cache/huggingface/datasets"))
+    name = source.replace("/", "___")
+    return root.expanduser().exists() and any(root.expanduser().glob(f"{name}*"))
+
+
 def _load_source(source: str, cache_dir: str | None):
     """A ``Dataset`` or ``DatasetDict`` from a hub id, a ``save_to_disk`` folder or data files."""
     import datasets
@@ -484,6 +527,7 @@ def _load_source(source: str, cache_dir: str | None):
             raise DataLoadError(
                 f"could not load MNIST from local path {source!r}: {type(err).__name__}: {err}"
             ) from err
+    _check_hub_reachable(source, cache_dir)
     try:
         return datasets.load_dataset(source, cache_dir=cache_dir)
     except Exception as err:  # noqa: BLE001 - offline machines land here

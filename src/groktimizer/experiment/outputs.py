@@ -35,6 +35,19 @@ def hydra_choices() -> dict[str, str]:
         return {}
 
 
+def run_name(experiment: str, overrides: list[str], seed: int) -> str:
+    """A W&B run name that tells the jobs of a sweep apart: the experiment, the overrides that
+    change the run (seeds and run-invariant keys left out), the seed."""
+    parts = []
+    for o in overrides:
+        key = o.partition("=")[0].lstrip("+~")
+        if key in ("seed", "trainer.seeds") or runio.is_run_invariant(key):
+            continue
+        parts.append(o.lstrip("+"))
+    name = "-".join([experiment, *parts, f"s{seed}"])
+    return name if len(name) <= 128 else name[:120] + "…" + f"s{seed}"
+
+
 def write_configs(trainer: Any) -> None:
     import yaml
 
@@ -111,7 +124,7 @@ def start_wandb(trainer: Any, factory: Any = None) -> None:
 
     factory = factory or WandbRun
     for m in trainer.members:
-        name = f"{trainer.cfg.experiment_name}-s{m.seed}-{trainer.run_dir.name}"
+        name = run_name(trainer.cfg.experiment_name, hydra_overrides(), m.seed)
         m.wandb = factory(
             mode=lg.mode,
             project=lg.project,

@@ -31,6 +31,7 @@ SUPERSEDED = "superseded"  # a fresh start moves an earlier run's files here
 RUN_INVARIANT_KEYS = (
     "trainer.resume",
     "trainer.progress",
+    "trainer.print_config",
     "trainer.plots",
     "trainer.device",
     "trainer.ensemble",
@@ -54,6 +55,9 @@ def is_run_invariant(key: str) -> bool:
 def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp creates 0600; a run's files follow the umask like any other file (lab-mates on a
+    # shared disk read them)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -64,6 +68,12 @@ def _atomic_write(path: Path, write: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _jsonable(x: Any) -> Any:

@@ -12,6 +12,7 @@ Evaluation at step t uses the parameters after t updates; t=0 is the initialisat
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ from groktimizer.experiment.data import TaskData
 from groktimizer.experiment.metrics import compute_loss, correct, loss_kind, weight_norm
 from groktimizer.experiment.milestones import Tracker
 from groktimizer.experiment.preemption import EXIT_INTERRUPTED, StopSignals
+
+log = logging.getLogger(__name__)
+# without a terminal (SLURM logs) a progress line at every tenth of the budget and at least this
+# often
+PROGRESS_EVERY_S = 30.0
 
 
 @dataclass
@@ -82,6 +88,8 @@ class Trainer:
         self._resume_state: dict[str, Any] | None = None
         self._resume_checked = False
         self._lock: runio.RunLock | None = None
+        self._last_progress = time.monotonic()
+        self._last_progress_step = 0
         # everything is built (and validated) before any file is written
         self.members = [self._build_member(s) for s in self.seeds]
         task = self.members[0].data.task
@@ -314,6 +322,23 @@ class Trainer:
 
     def _show_progress(self, progress: Any, active: list[Member]) -> None:
         if progress is None:
+            now = time.monotonic()
+            tenth = max(1, self.tcfg.max_steps // 10)
+            crossed = self.step // tenth > self._last_progress_step // tenth
+            if self.tcfg.progress and (crossed or now - self._last_progress >= PROGRESS_EVERY_S):
+                self._last_progress, self._last_progress_step = now, self.step
+                m0 = active[0].tracker.last
+                log.info(
+                    "step %d/%d | %d running | phase %s | train_acc %.3f | val_acc %.3f | "
+                    "norm %.2f",
+                    self.step,
+                    self.tcfg.max_steps,
+                    len(active),
+                    m0.get("phase"),
+                    m0.get("train_acc", 0.0),
+                    m0.get("val_acc", 0.0),
+                    m0.get("weight_norm", 0.0),
+                )
             return
         progress.update(self.step - progress.n)
         m0 = active[0].tracker.last
@@ -364,7 +389,7 @@ class Trainer:
         for d in {self.run_dir, *(m.out_dir for m in self.members)}:
             runio.remove_stale_temporaries(d)  # left by a crash mid-write
         self.step = checkpoint.restore(self.members, state, self.tcfg.max_steps)
-        print(f"resumed from {self.checkpoint_path} at step {self.step}", file=sys.stderr)
+        log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
         return True
 
     def _start_clean(self) -> None:
@@ -373,7 +398,7 @@ class Trainer:
         for d in dict.fromkeys([self.run_dir, *(m.out_dir for m in self.members)]):
             moved = runio.move_aside(d, names)
             if moved is not None:
-                print(f"an earlier run's files in {d} were moved to {moved}", file=sys.stderr)
+                log.warning("an earlier run's files in %s were moved to %s", d, moved)
 
     def _interrupt(self, active: list[Member], dt: float, signals: StopSignals) -> None:
         """Checkpoint, record the interruption, then let the launcher requeue the job."""
