@@ -356,9 +356,16 @@ def plot_law(rows, fits) -> None:
                 for r in rows
                 if r["family"] == fam
                 for m in r["_ms"]
-                if not m[metric]
+                if not m[metric] and m["status"] not in ("collapsed", "diverged")
             ]
-            if not pts and not cens:
+            failed = [
+                (r["eta_lambda"], 30.0)
+                for r in rows
+                if r["family"] == fam
+                for m in r["_ms"]
+                if m["status"] in ("collapsed", "diverged")
+            ]
+            if not pts and not cens and not failed:
                 continue
             fit = next((f for f in fits if f["family"] == fam and f["metric"] == metric), None)
             lab = fam
@@ -371,7 +378,18 @@ def plot_law(rows, fits) -> None:
                 ax.plot(*zip(*med, strict=True), color=col, ls=ls, lw=1)
             if cens:
                 x, y = np.array(cens).T
-                ax.scatter(x, y, color=col, marker="^", facecolors="none", s=60)
+                ax.scatter(
+                    x,
+                    y,
+                    marker="^",
+                    facecolors="none",
+                    edgecolors=col,
+                    s=60,
+                    label=None if pts else f"{fam}: not reached (budget)",
+                )
+            if failed:
+                x, y = np.array(failed).T
+                ax.scatter(x, y, color=col, marker="x", s=50)
         for s, lab in ((-0.5, "∝ (ηλ)^-1/2"), (-1.0, "∝ (ηλ)^-1")):
             xs = np.array([1e-5, 3e-2])
             ax.plot(xs, 20 * (xs / 3e-2) ** s, color="gray", lw=0.8, ls=":" if s == -1 else "-.")
@@ -380,7 +398,8 @@ def plot_law(rows, fits) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower left")
     fig.suptitle(
-        "a+b mod 97, default MLP: phase 2 from a shared switch (open triangles: budget, censored)",
+        "a+b mod 97, default MLP, phase 2 from a shared switch. Open triangles: not reached within "
+        "the budget (plotted at the budget); x at the bottom: collapsed (train acc < 30%)",
         fontsize=9,
     )
     fig.tight_layout()
