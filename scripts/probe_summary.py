@@ -19,14 +19,14 @@ def main(paths: list[str]) -> None:
             runs += [json.loads(line) for line in f if line.strip()]
     cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in runs:
-        cells[(r["setting"], r["method"])].append(r)
+        cells[(r["setting"], r["method"], r["budget"])].append(r)
     print(
-        "| setting | method | seeds | t_switch | t_gen99 (per seed) | median t_gen99 | "
+        "| setting | method | budget | seeds | t_switch | t_gen99 (per seed) | median t_gen99 | "
         "final train / val acc | collapsed | diverged | phase-2 η, λ (final) | "
         "events (non-switch) | curvature HVPs | wall s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for (setting, method), rs in sorted(cells.items()):
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (setting, method, budget), rs in sorted(cells.items()):
         rs = sorted(rs, key=lambda r: r["seed"])
         t99 = [r["t_gen99"] for r in rs]
         reached = [t for t in t99 if t is not None]
@@ -42,7 +42,7 @@ def main(paths: list[str]) -> None:
                 hvps += int(rec.get("hvps", 0) or 0)
         lrwd = ", ".join(f"{r['final']['lr']:.2g}, {r['final']['wd']:.2g}" for r in rs)
         print(
-            f"| {setting} | {method} | {','.join(str(r['seed']) for r in rs)} "
+            f"| {setting} | {method} | {budget} | {','.join(str(r['seed']) for r in rs)} "
             f"| {', '.join(str(r['t_switch']) for r in rs)} "
             f"| {', '.join('-' if t is None else str(t) for t in t99)} | {med} | {acc} "
             f"| {sum(r['collapsed'] for r in rs)} | {sum(r['diverged'] for r in rs)} | {lrwd} "

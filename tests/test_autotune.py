@@ -78,7 +78,8 @@ def _fit(seed=0):
 def test_decay_wins_is_rolled_back_and_lambda_lowered():
     model, x, y = _fit()
     opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=3.0, switch=StepSwitch(0))
-    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False)  # explicit η, λ; guarded
+    # explicit η, λ, guarded; a fall of train accuracy that lasts 10 steps is a collapse
+    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False, collapse_window=10)
     assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
     good = [p.detach().clone() for p in model.parameters()]
     assert observe(opt, 10, train_acc=1.0, train_loss=0.02, weight_norm=4.9) == []
@@ -89,9 +90,14 @@ def test_decay_wins_is_rolled_back_and_lambda_lowered():
     events = observe(opt, 30, train_acc=0.8, train_loss=0.7, weight_norm=0.4)
     (ev,) = events
     assert ev["event"] == "decay_backoff" and ev["weights_changed"] is True
-    assert ev["cause"] == "accuracy" and ev["weight_decay"] == pytest.approx(1.0)
-    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1.0)
-    assert opt.param_groups[0]["momentum_used"] == critical_momentum(1e-3, 1.0)
+    # κ = ηλ falls 3x; η falls with 1 − β so that the heavy ball's step η/(1 − β) is kept
+    ratio = (1 - critical_momentum(1.0, 1e-3)) / (1 - critical_momentum(1.0, 3e-3))
+    g = opt.param_groups[0]
+    assert ev["cause"] == "accuracy" and g["lr"] == pytest.approx(1e-3 * ratio)
+    assert g["lr"] * g["weight_decay"] == pytest.approx(1e-3)
+    assert g["lr"] / (1 - g["momentum_used"]) == pytest.approx(
+        1e-3 / (1 - critical_momentum(1e-3, 3.0))
+    )
     for p, g in zip(model.parameters(), good, strict=True):
         assert torch.equal(p, g)  # back at the last good state
     assert all("momentum_buffer" not in s for s in opt.state.values())

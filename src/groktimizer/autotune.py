@@ -134,6 +134,7 @@ class Phase2Tuner:
         probe_iters: int = 20,
         reprobe_iters: int = 4,
         acc_drop: float = 0.1,
+        collapse_window: int = 300,
         decay_backoff: float = 1 / 3,
         lr_backoff: float = 0.5,
         blowup: float = 10.0,
@@ -148,6 +149,8 @@ class Phase2Tuner:
         _int(owner, "probe_iters", probe_iters, 1)
         _int(owner, "reprobe_iters", reprobe_iters, 1)
         _real(owner, "acc_drop", acc_drop, 0.0, 1.0, "in (0, 1)")
+        _int(owner, "collapse_window", collapse_window, 0)
+        self.collapse_window = collapse_window
         _real(owner, "decay_backoff", decay_backoff, 0.0, 1.0, "in (0, 1)")
         _real(owner, "lr_backoff", lr_backoff, 0.0, 1.0, "in (0, 1)")
         _real(owner, "blowup", blowup, 1.0, math.inf, "a float > 1")
@@ -188,7 +191,7 @@ class Phase2Tuner:
         self.phase1_lr: float | None = None
         self.lr_ceiling: float | None = None  # η never rises above its value at the switch
         self.failed_since_good = False
-        self.dropped_before = False
+        self.dropped_since: int | None = None
         self.counts = {"decay_backoffs": 0, "lr_backoffs": 0, "probes": 0}
 
     # -- phase 1: only remember the scale of the loss ------------------------------------------
@@ -369,12 +372,16 @@ class Phase2Tuner:
             or (loss > self.blowup * max(ref_loss, self.loss_ceiling) and not norm_falling)
         )
         acc_ref = self.acc_ref
-        # a fall that persists over two observations, or a large one: not minibatch noise
+        # Grokking on a minibatch LayerNorm transformer passes through a dip of train accuracy
+        # (to 64% within 40 steps of the switch, then back) that is not a collapse; a collapse
+        # is a fall that lasts: below acc_ref − acc_drop at every observation for
+        # collapse_window steps.
         dropped = acc is not None and acc_ref is not None and acc < acc_ref - self.acc_drop
-        acc_lost = dropped and (
-            self.dropped_before or acc < acc_ref - 3 * self.acc_drop  # type: ignore[operator]
-        )
-        self.dropped_before = dropped
+        if not dropped:
+            self.dropped_since = None
+        elif self.dropped_since is None:
+            self.dropped_since = int(step)
+        acc_lost = dropped and step - self.dropped_since >= self.collapse_window  # type: ignore[operator]
         # without an accuracy, a loss that climbed a third of the way back to chance while the
         # norm falls is the decay winning
         loss_lost = (
@@ -387,13 +394,23 @@ class Phase2Tuner:
         )
         if (blown or acc_lost or loss_lost) and snap is not None:
             self._rollback(opt)
-            self.dropped_before = False
+            self.dropped_since = None
             old_lr, old_wd = self.lr, self.weight_decay
             lr_cut = blown or self.failed_since_good or not old_wd
             if blown and self.lr_auto:
                 self._probe(opt, closure, self.probe_iters, warm=False)
             if not blown and old_wd:
-                self.weight_decay = float(old_wd) * self.decay_backoff
+                # κ = ηλ falls by decay_backoff; η falls with 1 − β so the heavy ball's step
+                # η/(1 − β) stays put (λ alone would push β to 1: an undamped, larger step)
+                g0 = opt.param_groups[0]
+                zeta, nest = float(g0.get("damping", 1.0)), bool(g0.get("nesterov", False))
+                kappa = float(old_lr) * float(old_wd)  # type: ignore[arg-type]
+                new_kappa = kappa * self.decay_backoff
+                ratio = (1 - critical_momentum(1.0, new_kappa, zeta, nest)) / (
+                    1 - critical_momentum(1.0, kappa, zeta, nest)
+                )
+                self.lr_ceiling = min(self.lr_ceiling or math.inf, float(old_lr) * ratio)  # type: ignore[arg-type]
+                self.weight_decay = new_kappa / (float(old_lr) * ratio)  # type: ignore[arg-type]
                 self.counts["decay_backoffs"] += 1
             if lr_cut:
                 self.counts["lr_backoffs"] += 1
@@ -491,7 +508,7 @@ class Phase2Tuner:
         "phase1_lr",
         "lr_ceiling",
         "failed_since_good",
-        "dropped_before",
+        "dropped_since",
     )
 
     def state_dict(self) -> dict[str, Any]:
