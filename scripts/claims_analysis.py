@@ -269,8 +269,16 @@ def _header(runs: list[dict], title: str) -> list[str]:
     return [
         f"# {title}",
         "",
-        f"- commands: `python scripts/claims_net.py --plan {' --plan '.join(plans)}` then "
-        "`python scripts/claims_analysis.py`",
+        "- commands: "
+        + "; ".join(
+            "`python scripts/claims_queue.py && python scripts/claims_net.py --plan-file "
+            "outputs/claims_queue.json`"
+            if p == "queue"
+            else f"`python scripts/claims_net.py --plan {p}`"
+            for p in plans
+        )
+        + "; then `python scripts/claims_analysis.py` (phase 1 cached per seed in "
+        "outputs/claims_cache/)",
         f"- runs {dates[0]} .. {dates[-1]} (git {', '.join(commits)}); phase-2 compute "
         f"{secs / 60:.1f} min; hardware: {'; '.join(hw)}",
         "- setting: a+b mod 97, 40% train, default MLP (embed 128, one hidden layer of 512), full "
