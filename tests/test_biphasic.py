@@ -249,3 +249,55 @@ def test_optimizer_wrappers_survive_deepcopy():
     opt = GROKtimizer(_model().parameters(), lr=0.1, weight_decay=1e-2)
     clone = copy.deepcopy(opt)
     assert clone.phase == 1 and len(clone.param_groups) == 1
+
+
+def _switching_opt(**kwargs):
+    import functools
+
+    from groktimizer import AdamCDM, StepSwitch
+
+    w = torch.nn.Parameter(torch.randn(4))
+    opt = GROKtimizer(
+        [w],
+        phase2=functools.partial(AdamCDM, lr=2e-4, weight_decay=5.0),
+        switch=StepSwitch(3),
+        **kwargs,
+    )
+    return w, opt
+
+
+def _run_steps(w, opt, n, scheduler=None):
+    for _ in range(n):
+        opt.zero_grad()
+        (w**2).sum().backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+        opt.observe(step=opt.num_steps, train_acc=1.0)
+
+
+def test_scheduler_built_on_the_groktimizer_warns_at_the_switch():
+    """The trap: LambdaLR(opt, ...) in phase 1 would set phase 2's lr from phase 1's base lr."""
+    w, opt = _switching_opt()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    with pytest.warns(UserWarning, match="phase2_scheduler"):
+        _run_steps(w, opt, 4, sched)
+    assert opt.phase == 2
+
+
+def test_phase2_scheduler_starts_from_phase_2s_lr_and_leaves_phase_1_alone():
+    w, opt = _switching_opt(
+        phase2_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda k: 0.5**k)
+    )
+    _run_steps(w, opt, 3)
+    assert opt.phase == 2 and opt.phase1.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-4)
+    _run_steps(w, opt, 2)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-4 * 0.25)
+    # the scheduler's position survives a checkpoint
+    state = opt.state_dict()
+    w2, opt2 = _switching_opt(
+        phase2_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda k: 0.5**k)
+    )
+    opt2.load_state_dict(state)
+    assert opt2.phase2_scheduler.last_epoch == opt.phase2_scheduler.last_epoch

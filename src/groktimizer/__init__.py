@@ -6,6 +6,15 @@ W&B or datasets, so it can be used in any training loop.
 
 from .adam_cdm import AdamCDM
 from .autotune import LR_AUTO_SAFETY_RANGE, Phase2Tuner, stability_bound, stable_lr
+from .batched import (
+    BatchedOptimizer,
+    EMASpec,
+    MASpec,
+    MemberSpec,
+    Phase1Spec,
+    member_spec,
+    stack_modules,
+)
 from .biphasic import GROKtimizer, default_phase1
 from .cdm import CDM, critical_momentum
 from .curvature import auto_lr, hvp, lanczos_top_eigenvalues, top_eigenpair, top_eigenvalue
@@ -28,6 +37,13 @@ from .wrapper import OptimizerWrapper, observe, phase_of
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchedOptimizer",
+    "MemberSpec",
+    "Phase1Spec",
+    "EMASpec",
+    "MASpec",
+    "member_spec",
+    "stack_modules",
     "CDM",
     "AdamCDM",
     "GROKtimizer",

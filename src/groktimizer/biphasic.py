@@ -126,12 +126,20 @@ class GROKtimizer(OptimizerWrapper):
         lr_auto_tol: float | None = None,
         curvature_closure: LossClosure | None = None,
         tuner: Phase2Tuner | None = None,
+        phase2_scheduler: Callable[[Optimizer], Any] | None = None,
     ) -> None:
         del lr_auto_tol  # kept for old configs; Lanczos runs a fixed number of iterations
         if switch is not None and not isinstance(switch, SwitchCriterion):
             raise ValueError(
                 f"GROKtimizer: switch must be a SwitchCriterion or None, got {switch!r}"
             )
+        if phase2_scheduler is not None and not callable(phase2_scheduler):
+            raise ValueError(
+                "GROKtimizer: phase2_scheduler must be a callable optimizer -> LR scheduler, "
+                f"got {phase2_scheduler!r}"
+            )
+        self.phase2_scheduler_factory = phase2_scheduler
+        self.phase2_scheduler: Any = None
         if isinstance(lr, str) and lr != "auto":
             raise ValueError(f"GROKtimizer: lr must be a float > 0 or 'auto', got {lr!r}")
         if isinstance(weight_decay, str) and weight_decay != "auto":
@@ -224,6 +232,8 @@ class GROKtimizer(OptimizerWrapper):
                 args, kwargs = result
         loss = self.active.step(*args[1:], **kwargs)
         self.num_steps += 1
+        if self.phase2_scheduler is not None and self._phase == 2:
+            self.phase2_scheduler.step()
         for post_hook in self._optimizer_step_post_hooks.values():
             post_hook(self, args, kwargs)
         return loss
@@ -294,8 +304,27 @@ class GROKtimizer(OptimizerWrapper):
             )
         self._phase = 2
         self.switch_step = step
+        self._warn_if_scheduled_from_phase1()
+        if self.phase2_scheduler_factory is not None:
+            # built on phase 2 at the switch, from the step size phase 2 starts with (measured or
+            # given), and stepped after every phase-2 step
+            self.phase2_scheduler = self.phase2_scheduler_factory(self.phase2)
         info = {"auto_lr": dict(self.auto_lr_record)} if self.auto_lr_record else {}
         self._emit("switch", step, metric_carried=self.metric_carried, **info)
+
+    def _warn_if_scheduled_from_phase1(self) -> None:
+        """An LR scheduler built on this optimizer (not on ``opt.phase1``) keeps the phase-1 base
+        learning rates and would overwrite phase 2's step size from here on: say so."""
+        if getattr(self.step, "_wrapped_by_lr_sched", False):
+            import warnings
+
+            warnings.warn(
+                "GROKtimizer: an LR scheduler was built on the GROKtimizer itself; after the "
+                "switch it would set phase 2's lr from phase 1's base lr. Build phase-1 "
+                "schedules on opt.phase1 and pass phase2_scheduler=<optimizer -> scheduler> for "
+                "phase 2",
+                stacklevel=3,
+            )
 
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
@@ -309,6 +338,9 @@ class GROKtimizer(OptimizerWrapper):
             "auto_lr_record": self.auto_lr_record,
             "metric_carried": self.metric_carried,
             "tuner": None if self.tuner is None else self.tuner.state_dict(),
+            "phase2_scheduler": (
+                None if self.phase2_scheduler is None else self.phase2_scheduler.state_dict()
+            ),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
@@ -322,6 +354,11 @@ class GROKtimizer(OptimizerWrapper):
         self.metric_carried = int(state_dict.get("metric_carried", 0))
         if self.tuner is not None and state_dict.get("tuner") is not None:
             self.tuner.load_state_dict(state_dict["tuner"])
+        sched = state_dict.get("phase2_scheduler")
+        if self._phase == 2 and self.phase2_scheduler_factory is not None:
+            self.phase2_scheduler = self.phase2_scheduler_factory(self.phase2)
+            if sched is not None:
+                self.phase2_scheduler.load_state_dict(sched)
 
     def __repr__(self) -> str:
         return (
