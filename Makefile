@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: venv train test lint format bench clean-outputs \
-	table1 table2 table3 table4 table5 table_fair reproduce tables fair
+	table1 table2 table3 table4 table5 robustness table_fair reproduce tables fair
 
 venv: $(STAMP)
 
@@ -52,7 +52,7 @@ SCALE ?= smoke
 REPRODUCE = $(PY) scripts/reproduce.py --scale $(SCALE) $(if $(LAUNCHER),--launcher $(LAUNCHER)) \
 	$(if $(MNIST),--mnist $(MNIST))
 
-table1 table2 table3 table4 table5: $(STAMP)
+table1 table2 table3 table4 table5 robustness: $(STAMP)
 	$(REPRODUCE) $@
 
 reproduce: $(STAMP)

@@ -52,14 +52,25 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "smoke": ["+experiment=table4_lowsample", "trainer.max_steps=1500", "trainer.seeds=[0,1]"],
         "full": ["+experiment=table4_lowsample"],
     },
+    "robustness": {
+        # two MLP settings, one seed, 1,500 steps: minutes on a 2-core CPU
+        "smoke": [
+            "+experiment=robustness",
+            "+setting=add97_mlp,mul59_mlp50",
+            "trainer.max_steps=1500",
+            "trainer.seeds=[0]",
+        ],
+        "full": ["+experiment=robustness"],
+    },
 }
 EXPERIMENT = {
     "table2": "table2_grokking",
     "table3": "table3_damping_wd",
     "table4": "table4_lowsample",
     "table5": "table2_grokking",  # table 5 reads table 2's final models
+    "robustness": "robustness",
 }
-TABLES = ("table1", "table2", "table3", "table4", "table5")
+TABLES = ("table1", "table2", "table3", "table4", "table5", "robustness")
 
 
 # relative to the repository root (the commands run there), so tables quote portable commands

@@ -284,6 +284,15 @@ def summarize(runs: Sequence[dict[str, Any]], metrics: Sequence[str], target: st
         1 for h, s in zip(hit, status, strict=True) if not h and s in ("interrupted", "running")
     )
     out["invalid"] = sum(1 for s in status if s == "invalid")
+    # interpolated at some point, then the fit was lost (decay won): a subset of not_reached
+    out["collapsed"] = sum(
+        1
+        for h, r in zip(hit, runs, strict=True)
+        if not h
+        and r.get("t_interp") is not None
+        and (value_of(r, "final_train_acc") or 0.0) < 0.9
+        and r.get("status") in ("completed", "reached-target")
+    )
     out["not_reached"] = (
         out["n"] - out["reached"] - out["diverged"] - out["incomplete"] - out["invalid"]
     )
@@ -383,10 +392,12 @@ class Table:
         show_variant = any(r["variant"] for r in self.rows)
         show_incomplete = any(r["incomplete"] for r in self.rows)
         show_invalid = any(r.get("invalid") for r in self.rows)
+        show_collapsed = self.name == "robustness"
         head = ["task", "method"] + (["variant"] if show_variant else [])
         head += [*self.metrics, "reached", "not reached", "diverged"]
         head += ["incomplete"] if show_incomplete else []
         head += ["invalid"] if show_invalid else []
+        head += ["collapsed"] if show_collapsed else []
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             cells = [r["task"], r["method"]] + ([r["variant"]] if show_variant else [])
@@ -394,6 +405,7 @@ class Table:
             cells += [f"{r['reached']}/{r['n']}", str(r["not_reached"]), str(r["diverged"])]
             cells += [str(r["incomplete"])] if show_incomplete else []
             cells += [str(r.get("invalid", 0))] if show_invalid else []
+            cells += [str(r.get("collapsed", 0))] if show_collapsed else []
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -456,6 +468,12 @@ def build_table4(groups: list[dict[str, Any]], metrics: Sequence[str], target: s
 
 TABLES: dict[str, dict[str, Any]] = {
     "runs": {"metrics": ("t_interp", "t_switch", "t_gen95", "t_gen99", "final_val_acc")},
+    "robustness": {
+        "metrics": ("t_interp", "t_switch", "t_gen99", "final_val_acc", "best_val_acc"),
+        "title": "Robustness suite: the default GROKtimizer against AdamW (wd 1) and Adam + EMA "
+        "(steps; median [IQR] over seeds; collapsed = interpolated, then ended below 90% train "
+        "accuracy)",
+    },
     "table2": {
         "metrics": (
             "t_interp",

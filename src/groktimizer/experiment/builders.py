@@ -59,16 +59,31 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: list[str]) -> 
     return split_decay_groups(model, weight_decay, exclude=tuple(no_decay))
 
 
+AUTO_KEYS = ("lr", "weight_decay")  # phase-2 values a biphasic schedule may measure ("auto")
+
+
 def build_optimizer(cfg: Any, model: nn.Module) -> Any:
     """`cfg.optimizer` alone (schedule ``_target_: null``) or as phase 2 of `cfg.schedule`,
-    wrapped in `cfg.guard` when that names a class."""
-    make = instantiate_node(cfg.optimizer, "optimizer")
-    groups = param_groups(model, float(cfg.optimizer.get("weight_decay", 0.0)), list(cfg.no_decay))
-    # built once even as phase 2, so a bad argument is reported against `optimizer` up front
-    opt = call_node(make, "optimizer", groups)
+    wrapped in `cfg.guard` when that names a class.
+
+    ``optimizer.lr: auto`` / ``optimizer.weight_decay: auto`` are handed to the schedule
+    (``GROKtimizer(lr="auto", weight_decay="auto")``), which measures them at the switch.
+    """
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    auto = {k: "auto" for k in AUTO_KEYS if node.get(k) == "auto"}
+    for k in auto:
+        del node[k]
+    make = instantiate_node(OmegaConf.create(node), "optimizer")
+    wd = node.get("weight_decay", 0.0)
+    groups = param_groups(model, float(wd), list(cfg.no_decay))
+    if not auto:
+        # built once even as phase 2, so a bad argument is reported against `optimizer` up front
+        opt = call_node(make, "optimizer", groups)
     schedule = instantiate_node(cfg.schedule, "schedule")
     if schedule is not None:
-        opt = call_node(schedule, "schedule", groups, phase2=make)
+        opt = call_node(schedule, "schedule", groups, phase2=make, **auto)
     guard = instantiate_node(cfg.guard, "guard")
     return opt if guard is None else call_node(guard, "guard", opt)
 

@@ -335,8 +335,14 @@ def validate(cfg: Any) -> None:
                 f"baseline use method=<name> (e.g. method=adamw) or schedule=single, or set "
                 "allow_any_phase2=true"
             )
-    if str(cfg.schedule.get("lr", None)) == "auto" and not cfg.schedule.get("_target_"):
-        raise ConfigError("schedule.lr='auto' is invalid: accepted only with a biphasic schedule")
+    if not cfg.schedule.get("_target_"):
+        for node in ("schedule", "optimizer"):
+            for key in ("lr", "weight_decay"):
+                if str(cfg[node].get(key, None)) == "auto":
+                    raise ConfigError(
+                        f"{node}.{key}='auto' is invalid: accepted only with a biphasic schedule "
+                        "(the value is measured at the switch)"
+                    )
 
 
 def _class(path: str, key: str) -> type:
