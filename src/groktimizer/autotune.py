@@ -313,7 +313,12 @@ class Phase2Tuner:
         if self.lr_auto:
             new_lr = self._cap(opt, new_lr, new_wd)
             if self.weight_decay_auto and reason == "switch":
-                new_wd = self.flat_rate / new_lr
+                # In Adam's metric λ is tied to the capped step (phase 1's Adam step), not to
+                # the curvature: S·H·S grows as Adam's v decays after interpolation, so κ/η
+                # from the curvature made λ depend on when the switch came (10.7 at step 110
+                # vs 5.8 at step 90 on a+b mod 97) and decay won. η stays the curvature's.
+                ref = self._cap(opt, math.inf, new_wd) if _preconditioned(opt) else new_lr
+                new_wd = self.flat_rate / (ref if math.isfinite(ref) else new_lr)
         if lr is not None:
             new_lr = min(new_lr, lr)
         if self.lr_ceiling is not None and reason != "switch":
