@@ -40,6 +40,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
+from .adam_cdm import AdamCDM
+
 __all__ = ["AdamCDML2", "metric_scale"]
 
 
@@ -133,18 +135,8 @@ class AdamCDML2(Optimizer):
         vf = group["v_floor"]
         return group["lr"] * group["weight_decay"] if vf is None else float(vf)
 
-    @torch.no_grad()
-    def init_from_adam(self, adam: Optimizer) -> int:
-        """Copy Adam's ``exp_avg_sq`` and ``step`` for shared parameters; returns the count."""
-        carried = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                src = adam.state.get(p, {})
-                if "exp_avg_sq" in src:
-                    self.state[p]["exp_avg_sq"] = src["exp_avg_sq"].detach().clone()
-                    self.state[p]["step"] = int(src["step"])
-                    carried += 1
-        return carried
+    # copies Adam's exp_avg_sq and step for shared parameters, exactly as AdamCDM does
+    init_from_adam = AdamCDM.init_from_adam
 
     @torch.no_grad()
     def denominators(self) -> list[Tensor | None]:

@@ -16,6 +16,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from groktimizer.cdm import CDM
+
 
 class ConfigError(ValueError):
     """A configuration value is out of its accepted range (one-line message)."""
@@ -304,9 +306,6 @@ TOP_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 _SECTIONS = {"trainer": TRAINER_CHECKS, "logger": LOGGER_CHECKS, "": TOP_CHECKS}
 
-# phase-2 optimizers a biphasic schedule accepts without allow_any_phase2
-PHASE2_CLASSES = ("groktimizer.cdm.CDM", "groktimizer.adam_cdm.AdamCDM")
-
 
 def validate(cfg: Any) -> None:
     """Check the fields no constructor sees and how fields relate. Raises ConfigError (one line)."""
@@ -326,9 +325,8 @@ def validate(cfg: Any) -> None:
         if not cfg[group].get("_target_"):
             raise ConfigError(f"{group}._target_ is missing: name the class to build")
     if cfg.schedule.get("_target_") and not cfg.allow_any_phase2:
-        cls = _class(cfg.optimizer._target_, "optimizer._target_")
-        phase2 = tuple(_class(name, "") for name in PHASE2_CLASSES)
-        if not issubclass(cls, phase2):
+        # the CDM family (AdamCDM subclasses CDM) is what phase 2 is for
+        if not issubclass(_class(cfg.optimizer._target_, "optimizer._target_"), CDM):
             raise ConfigError(
                 f"optimizer._target_={cfg.optimizer._target_} under a biphasic schedule is not a "
                 "phase-2 optimizer: accepted CDM or AdamCDM (groktimizer); for a one-phase "

@@ -186,25 +186,20 @@ class MetricsLog:
     def restore(self, step: int, saved: list[dict[str, Any]] | None = None) -> list[dict]:
         """Rewrite the log as the rows up to `step`: the valid rows on disk, with any row the
         checkpoint saved (`saved`) that the file lost put back in its place."""
+        on_disk = [r for r in self.read(report=True) if r["step"] <= step]
         by_step = {r["step"]: r for r in (saved or []) if r["step"] <= step}
-        for r in self.read(report=True):
-            if r["step"] <= step:
-                by_step[r["step"]] = r
+        missing = len(set(by_step) - {r["step"] for r in on_disk})
+        by_step.update((r["step"], r) for r in on_disk)
+        if missing:
+            print(
+                f"warning: {self.path}: {missing} row(s) rebuilt from the checkpoint",
+                file=sys.stderr,
+            )
         rows = [by_step[k] for k in sorted(by_step)]
-        if saved is not None:
-            missing = len({r["step"] for r in saved if r["step"] <= step} - set(self._steps()))
-            if missing:
-                print(
-                    f"warning: {self.path}: {missing} row(s) rebuilt from the checkpoint",
-                    file=sys.stderr,
-                )
         write_text(
             self.path, "".join(json.dumps(_jsonable(r), sort_keys=True) + "\n" for r in rows)
         )
         return rows
-
-    def _steps(self) -> list[int]:
-        return [r["step"] for r in self.read()]
 
     def truncate_after(self, step: int) -> list[dict[str, Any]]:
         """Keep rows with step <= `step` (resuming from a checkpoint taken at `step`)."""
