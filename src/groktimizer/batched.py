@@ -518,6 +518,21 @@ class BatchedOptimizer:
             row["momentum"] = float(self.momentum_used[k])
         return row
 
+    def member_group(self, k: int) -> dict[str, Any]:
+        """Member k's ``param_groups[0]`` as the library optimizer it stands for reports it:
+        ``lr``, and under the CDM rule ``momentum_used`` (β at the current η, as CDM keeps it)."""
+        cur = self._current()[k]
+        group: dict[str, Any] = {"lr": float(cur[_C["lr"]])}
+        if cur[_C["cdm"]] > 0:
+            mom = float(cur[_C["momentum"]])
+            if math.isnan(mom):
+                beta = critical_momentum_batched(
+                    cur[_C["lr"]], cur[_C["weight_decay"]], cur[_C["damping"]], cur[_C["nesterov"]]
+                )
+                mom = float(beta)
+            group["momentum_used"] = mom
+        return group
+
     # ------------------------------------------------------------------ switching
     def observe(
         self,
@@ -529,23 +544,32 @@ class BatchedOptimizer:
         ``{'step', 'event': 'switch', 'metric_carried'}``. As ``GROKtimizer.observe``, the
         phase-2 weight decay is passed as ``weight_decay`` unless given (for RhoSwitch)."""
         cols = {n: (v.tolist() if isinstance(v, Tensor) else list(v)) for n, v in metrics.items()}
-        fired: list[int] = []
-        for k in range(self.K):
-            crit = self.criteria[k]
-            if crit is None or int(self.phase[k]) == 2 or not bool(self.active[k]):
-                continue
-            mk = {n: v[k] for n, v in cols.items()}
-            wd = float(self._settings[2][k, _C["weight_decay"]])
-            if wd:
-                mk.setdefault("weight_decay", wd)
-            if crit.observe(int(step), **mk):
-                fired.append(k)
+        fired = [
+            k for k in range(self.K) if self._fires(k, step, {n: v[k] for n, v in cols.items()})
+        ]
         events: list[list[dict[str, Any]]] = [[] for _ in range(self.K)]
         if fired:
             self.switch(fired, step=step)
             for k in fired:
                 events[k].append(self._switch_event(k))
         return events
+
+    def observe_member(self, k: int, step: int, **metrics: Any) -> list[dict[str, Any]]:
+        """:meth:`observe` for member ``k`` alone (its metrics as keywords, as
+        ``GROKtimizer.observe`` takes them); returns its events."""
+        if not self._fires(k, step, dict(metrics)):
+            return []
+        self.switch([k], step=step)
+        return [self._switch_event(k)]
+
+    def _fires(self, k: int, step: int, mk: dict[str, Any]) -> bool:
+        crit = self.criteria[k]
+        if crit is None or int(self.phase[k]) == 2 or not bool(self.active[k]):
+            return False
+        wd = float(self._settings[2][k, _C["weight_decay"]])
+        if wd:
+            mk.setdefault("weight_decay", wd)
+        return bool(crit.observe(int(step), **mk))
 
     def _switch_event(self, k: int) -> dict[str, Any]:
         carried = 0  # as GROKtimizer: parameters whose Adam second moment AdamCDM continues
@@ -839,6 +863,66 @@ class BatchedOptimizer:
             "momentum_used": self.momentum_used.clone(),
             "criteria": [None if c is None else c.state_dict() for c in self.criteria],
         }
+
+    def member_state_dict(self, k: int) -> dict[str, Any]:
+        """Member ``k``'s slice of :meth:`state_dict` (its own checkpoint in a batched sweep)."""
+        return {
+            "batched_member": True,
+            "state": {
+                n: [None if t is None else t[k].clone() for t in ts]
+                for n, ts in self.state.items()
+                if n != "ma_history"
+            },
+            "ma_history": [
+                None if t is None else t[:, k].clone() for t in self.state.get("ma_history", [])
+            ],
+            "ma_count": self.ma_count,
+            "step": float(self._step[k]),
+            "settings": {ph: s[k].clone() for ph, s in self._settings.items()},
+            "phase": int(self.phase[k]),
+            "switch_step": self.switch_step[k],
+            "num_steps": int(self.num_steps[k]),
+            "active": bool(self.active[k]),
+            "momentum_used": float(self.momentum_used[k]),
+            "criterion": None if self.criteria[k] is None else self.criteria[k].state_dict(),
+        }
+
+    @torch.no_grad()
+    def load_member_state_dict(self, k: int, state: Mapping[str, Any]) -> None:
+        """Load :meth:`member_state_dict` into member ``k``'s slice. A batch restored member by
+        member must be restored at one ``ma_count`` (the MA filter's ring position is shared)."""
+        if not state.get("batched_member"):
+            raise ValueError(
+                "BatchedOptimizer.load_member_state_dict: state is not a batched member's "
+                f"(keys {sorted(state)[:6]}); a plain run's checkpoint resumes with the plain "
+                "launcher"
+            )
+        for name, ts in state["state"].items():
+            lst = self.state.setdefault(name, [None] * len(self.params))
+            for i, t in enumerate(ts):
+                if t is None:
+                    continue
+                if lst[i] is None:
+                    lst[i] = torch.zeros_like(self.params[i])
+                lst[i][k].copy_(t)
+        hist = [t for t in state.get("ma_history", []) if t is not None]
+        if hist:
+            lst = self._ma_history(list(range(len(self.params))))
+            for i, t in enumerate(state["ma_history"]):
+                if t is not None:
+                    lst[i][:, k].copy_(t)
+        self.ma_count = int(state["ma_count"])
+        self._step[k] = float(state["step"])
+        for ph, s in state["settings"].items():
+            self._settings[int(ph)][k] = s.to(torch.float64)
+        self.phase[k] = int(state["phase"])
+        self.switch_step[k] = state["switch_step"]
+        self.num_steps[k] = int(state["num_steps"])
+        self.active[k] = bool(state["active"])
+        self.momentum_used[k] = float(state["momentum_used"])
+        crit = state["criterion"]
+        if self.criteria[k] is not None and crit is not None:
+            self.criteria[k].load_state_dict(crit)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if int(state["K"]) != self.K:

@@ -97,11 +97,26 @@ def run(cfg: Any, run_dir: str | None = None) -> float:
 
     In a multirun a bad job is recorded (results.json, status ``invalid``) and the sweep goes on.
     """
+    trainer = prepare(cfg, run_dir or _output_dir())
+    if isinstance(trainer, float):
+        return trainer
+    try:
+        results = trainer.train()
+    except OSError as err:  # a write failed (disk full, permissions): one line, files consistent
+        return write_failed(trainer, err)
+    return report(trainer, results)
+
+
+def prepare(cfg: Any, run_dir: str) -> Any:
+    """Validate `cfg` and build its Trainer, checked for resume and locked (nothing trained).
+
+    Bad input: one line and exit 2, or in a multirun the job recorded as invalid and ``inf``
+    returned (the batched launcher builds a group's Trainers with this, then trains them as one).
+    """
     from hydra.errors import HydraException
 
     from groktimizer.experiment.trainer import Trainer
 
-    run_dir = run_dir or _output_dir()
     if cfg.trainer.get("print_config"):
         from omegaconf import OmegaConf
 
@@ -123,18 +138,24 @@ def run(cfg: Any, run_dir: str | None = None) -> float:
         if _in_multirun():
             return _record_invalid(cfg, run_dir, _one_line(err) or type(err).__name__)
         _fail(err)
-    try:
-        results = trainer.train()
-    except OSError as err:  # a write failed (disk full, permissions): one line, files consistent
-        print(
-            f"error: writing the run's files failed: {_one_line(err)}; the last checkpoint in "
-            f"{trainer.run_dir} is intact and resumable",
-            file=sys.stderr,
-        )
-        if _in_multirun():  # the other jobs may still have room: the sweep goes on
-            FAILED_JOBS.append(str(trainer.run_dir))
-            return math.inf
-        sys.exit(1)
+    return trainer
+
+
+def write_failed(trainer: Any, err: OSError) -> float:
+    """A run whose files could not be written: one line; the sweep goes on, a single run exits 1."""
+    print(
+        f"error: writing the run's files failed: {_one_line(err)}; the last checkpoint in "
+        f"{trainer.run_dir} is intact and resumable",
+        file=sys.stderr,
+    )
+    if _in_multirun():  # the other jobs may still have room: the sweep goes on
+        FAILED_JOBS.append(str(trainer.run_dir))
+        return math.inf
+    sys.exit(1)
+
+
+def report(trainer: Any, results: list[dict[str, Any]]) -> float:
+    """Log each member's summary; the sweep's objective (median steps to the target)."""
     for res in results:
         log.info(
             f"seed {res['seed']}: {res['status']} | steps {res['steps']} | "
@@ -145,7 +166,7 @@ def run(cfg: Any, run_dir: str | None = None) -> float:
     log.info(f"outputs: {trainer.run_dir}")
     if trainer.exit_code:
         sys.exit(trainer.exit_code)
-    budget = cfg.trainer.max_steps
+    budget = trainer.cfg.trainer.max_steps
     return float(
         statistics.median(
             r["t_target"] if r.get("t_target") is not None else budget for r in results
