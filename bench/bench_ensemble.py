@@ -1,7 +1,8 @@
 """Seed ensembles and batched sweeps: K members in one job vs K separate runs, same total steps.
 
     python bench/bench_ensemble.py [--seeds 8] [--rounds 3] [--steps 200]
-        [--configs small,default] [--variants separate,vmap,loop,plain,batched]
+        [--configs small,default] [--variants separate,vmap,loop,plain,batched,sweep]
+        [--device cpu|cuda]
 
 Throughput is member-steps per second (K x steps / wall time). Variants:
 
@@ -14,7 +15,10 @@ Throughput is member-steps per second (K x steps / wall time). Variants:
   forward/backward through ``functional_call`` + ``vmap``, one ``groktimizer.batched``
   ``BatchedOptimizer`` step for all members (per-member phase and switch), evaluation vmapped;
 - ``batched_loop``: the same, but each member's forward/backward on its own model (plain matmuls;
-  the gradients land in the stack), only the optimizer step batched.
+  the gradients land in the stack), only the optimizer step batched;
+- ``sweep`` / ``sweep_vmap``: the pipeline's batched sweep (``launcher=batched``): K one-seed jobs,
+  each its own Trainer, folder and files, trained as one ``BatchedGroup`` (forward per member /
+  vmapped), i.e. what a sweep gets end to end (evaluation, metrics, results and checkpoints).
 
 Target: batched >= 3x separate runs (8 members, small config).
 """
@@ -54,13 +58,18 @@ CONFIGS = {
 }
 
 
-def base(steps: int, extra: list[str]) -> list[str]:
+def base(steps: int, extra: list[str], device: str = "cpu") -> list[str]:
     return [
+        # the fixed default phase 2 (AdamW -> AdamCDM eta 2e-4, lambda 5): lr 'auto' is measured
+        # per run and not batched
+        "optimizer=adam_cdm",
+        "schedule=biphasic",
+        "grad_filter=none",
         f"trainer.max_steps={steps}",
         "trainer.stop_at_target=false",
         "trainer.plots=false",
         "trainer.progress=false",
-        "trainer.device=cpu",
+        f"trainer.device={device}",
         f"trainer.checkpoint_every={10 * steps}",
         *extra,
     ]
@@ -87,6 +96,23 @@ def ensemble(ov: list[str], seeds: list[int], steps: int, mode: str) -> float:
         t = Trainer(compose(*ov, f"trainer.seeds={seeds_arg}", f"trainer.ensemble={mode}"), d)
         t0 = time.perf_counter()
         t.train()
+        return (time.perf_counter() - t0) / (len(seeds) * steps)
+
+
+def sweep(ov: list[str], seeds: list[int], steps: int, mode: str = "loop") -> float:
+    """The pipeline's batched sweep (``launcher=batched``): K one-seed jobs, each its own Trainer
+    and folder, trained as one ``BatchedGroup`` (forward per member, or vmapped)."""
+    from groktimizer.experiment.batched_sweep import BatchedGroup
+    from groktimizer.experiment.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as d:
+        trainers = [
+            Trainer(compose(*ov, f"seed={s}", f"trainer.ensemble={mode}"), Path(d) / f"job{s}")
+            for s in seeds
+        ]
+        group = BatchedGroup(trainers)
+        t0 = time.perf_counter()
+        group.train()
         return (time.perf_counter() - t0) / (len(seeds) * steps)
 
 
@@ -243,9 +269,10 @@ def main() -> None:
     ap.add_argument(
         "--variants",
         default="separate,vmap,loop,plain,batched",
-        help="comma list of separate, vmap, loop, plain, batched, batched_loop (the first is the "
-        "reference of the ratios)",
+        help="comma list of separate, vmap, loop, plain, batched, batched_loop, sweep, sweep_vmap "
+        "(the first is the reference of the ratios)",
     )
+    ap.add_argument("--device", default="cpu", help="trainer.device (cpu, cuda)")
     add_thread_arg(ap)
     args = ap.parse_args()
     apply_threads(args)
@@ -258,12 +285,14 @@ def main() -> None:
         "plain": lambda ov: plain(ov, seeds, args.steps),
         "batched": lambda ov: batched(ov, seeds, args.steps),
         "batched_loop": lambda ov: batched(ov, seeds, args.steps, forward="loop"),
+        "sweep": lambda ov: sweep(ov, seeds, args.steps),
+        "sweep_vmap": lambda ov: sweep(ov, seeds, args.steps, "vmap"),
     }
     variants = args.variants.split(",")
     ref = variants[0]
     rows = []
     for name in args.configs.split(","):
-        ov = base(args.steps, CONFIGS[name])
+        ov = base(args.steps, CONFIGS[name], args.device)
         t = interleaved(
             {v: (lambda ov=ov, v=v: runners[v](ov)) for v in variants}, args.rounds, warmup=0
         )

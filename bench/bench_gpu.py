@@ -57,6 +57,10 @@ def main() -> None:
     if args.device == "cpu":
         torch.set_num_threads(1)  # see _common.add_thread_arg: spinning threads on a shared CPU
     ov = [
+        # the fixed default phase 2: lr 'auto' is measured per run and not batched
+        "optimizer=adam_cdm",
+        "schedule=biphasic",
+        "grad_filter=none",
         f"trainer.max_steps={steps}",
         "trainer.stop_at_target=false",
         "trainer.plots=false",
