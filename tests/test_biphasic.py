@@ -105,7 +105,7 @@ def test_param_groups_carry_phase2_decay_and_phase1_settings():
         ({"lr": -0.1, "weight_decay": 1e-2}, "lr"),
         ({"lr": "fast", "weight_decay": 1e-2}, "lr"),
         ({"lr": 0.1, "weight_decay": "big"}, "weight_decay"),
-        ({"lr_fraction": 1.0}, "lr_fraction"),
+        ({"lr_fraction": 2.0}, "lr_fraction"),
         ({"flat_rate": 0.0}, "flat_rate"),
         ({"reestimate_every": 0}, "reestimate_every"),
         ({"lr": 0.1, "weight_decay": 1e-2, "lr_auto_safety": 2.5}, "lr_auto_safety"),

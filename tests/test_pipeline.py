@@ -112,6 +112,8 @@ def test_every_option_composes_validates_and_builds(compose, group):
         # ones whose values the biphasic schedule measures ("auto")
         alone = group == "optimizer" and not option.endswith("_auto")
         extra = ["schedule=single"] if alone else []
+        if group == "schedule" and option == "single":  # one phase: the default's 'auto' is refused
+            extra = ["optimizer=adam_cdm"]
         cfg = compose(f"{group}={option}", *extra)
         validate(cfg)
         opt = build_optimizer(cfg, nn.Linear(3, 2))
@@ -319,3 +321,15 @@ def test_trainer_threads_sets_torch_threads(compose, tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_decay_reaches_the_decayed_group_with_no_decay_groups(compose):
+    """`no_decay` splits groups by λ > 0: with λ 'auto' the decayed group must carry a λ > 0
+    (the placeholder until the switch), or the measured λ would never be applied to it."""
+    from torch import nn
+
+    from groktimizer.experiment.builders import build_optimizer
+
+    cfg = compose("method=groktimizer", "no_decay=[bias]")
+    opt = build_optimizer(cfg, nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    assert [g["weight_decay"] for g in opt.phase2.param_groups] == [1.0, 0.0]

@@ -49,7 +49,7 @@ default_phase1: OptimizerFactory = functools.partial(
     torch.optim.AdamW, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.98)
 )
 
-_AUTO_PLACEHOLDER = {"lr": 1e-3, "weight_decay": 1.0}  # until the switch measures them
+AUTO_PLACEHOLDER = {"lr": 1e-3, "weight_decay": 1.0}  # until the switch measures them
 
 
 def _normalize_groups(params: Any) -> list[dict[str, Any]]:
@@ -98,7 +98,8 @@ class GROKtimizer(OptimizerWrapper):
         damping: ζ > 0 for the default phase 2.
         nesterov: Nesterov form of the default phase 2.
         switch: a ``SwitchCriterion`` (default: ``AccuracySwitch(0.999, patience=3)``).
-        lr_fraction: f in (0, 1): η·(h + λ) = f·2(1 + β), the fraction of heavy ball's bound.
+        lr_fraction: f in (0, 2): η·(h + λ) = f·2(1 + β), the fraction of heavy ball's bound
+            (None: 0.5 for raw CDM, 1.0 in Adam's metric, where v damps overshooting modes).
         flat_rate: κ = ηλ in (0, 1) for the automatic λ.
         reestimate_every: steps between curvature re-measurements in phase 2 (int ≥ 1).
         lr_auto_safety: legacy rule η = c/(h + λ), c in (0, 2) (None: the bound rule).
@@ -118,7 +119,7 @@ class GROKtimizer(OptimizerWrapper):
         damping: float = 1.0,
         nesterov: bool = False,
         switch: SwitchCriterion | None = None,
-        lr_fraction: float = 0.5,
+        lr_fraction: float | None = None,
         flat_rate: float = 1e-3,
         reestimate_every: int = 50,
         lr_auto_safety: float | None = None,
@@ -160,7 +161,7 @@ class GROKtimizer(OptimizerWrapper):
         kwargs: dict[str, Any] = {}
         for key, value in (("lr", lr), ("weight_decay", weight_decay)):
             if value == "auto":
-                kwargs[key] = _AUTO_PLACEHOLDER[key]
+                kwargs[key] = AUTO_PLACEHOLDER[key]
             elif value is not None:
                 kwargs[key] = value
         if phase2 is None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from groktimizer.biphasic import AUTO_PLACEHOLDER
 from groktimizer.param_groups import split_decay_groups
 
 
@@ -59,7 +60,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: list[str]) -> 
     return split_decay_groups(model, weight_decay, exclude=tuple(no_decay))
 
 
-AUTO_KEYS = ("lr", "weight_decay")  # phase-2 values a biphasic schedule may measure ("auto")
+AUTO_KEYS = tuple(AUTO_PLACEHOLDER)  # phase-2 values a biphasic schedule may measure ("auto")
 
 
 def build_optimizer(cfg: Any, model: nn.Module) -> Any:
@@ -76,11 +77,13 @@ def build_optimizer(cfg: Any, model: nn.Module) -> Any:
     for k in auto:
         del node[k]
     make = instantiate_node(OmegaConf.create(node), "optimizer")
-    wd = node.get("weight_decay", 0.0)
+    # an 'auto' value stands in as its placeholder until the switch measures it; the decayed
+    # group must carry λ > 0 then, or the measured λ would never reach it
+    stand_in = {k: AUTO_PLACEHOLDER[k] for k in auto}
+    wd = stand_in.get("weight_decay", node.get("weight_decay", 0.0))
     groups = param_groups(model, float(wd), list(cfg.no_decay))
-    if not auto:
-        # built once even as phase 2, so a bad argument is reported against `optimizer` up front
-        opt = call_node(make, "optimizer", groups)
+    # built once even as phase 2, so a bad argument is reported against `optimizer` up front
+    opt = call_node(make, "optimizer", groups, **stand_in)
     schedule = instantiate_node(cfg.schedule, "schedule")
     if schedule is not None:
         opt = call_node(schedule, "schedule", groups, phase2=make, **auto)
