@@ -146,6 +146,8 @@ def test_batched_run_resumes_from_its_own_checkpoints(compose, tmp_path):
         _trainers(compose, base, jobs, tmp_path / "batched", "trainer.max_steps=20")
     ).train()
     resumed = _trainers(compose, base, jobs, tmp_path / "batched")
+    for t in resumed:
+        t.batched_member = True
     assert all(t.check_resume()["step"] == 20 for t in resumed)
     BatchedGroup(resumed).train()
     assert assert_same_runs(tmp_path / "plain", tmp_path / "batched") == 4
@@ -168,6 +170,15 @@ def test_a_plain_checkpoint_is_refused_in_one_line(compose, tmp_path):
         t.train()
     with pytest.raises(ValueError, match="not a batched member's"):
         BatchedGroup(_trainers(compose, base, jobs, tmp_path)).train()
+
+
+def test_a_plain_run_refuses_a_batched_checkpoint_in_one_line(compose, tmp_path):
+    base, jobs = CASES["adamw"]
+    BatchedGroup(_trainers(compose, base, jobs, tmp_path, "trainer.max_steps=20")).train()
+    plain = _trainers(compose, base, jobs[:1], tmp_path)[0]
+    with pytest.raises(ValueError, match="written by a batched sweep") as err:
+        plain.prepare()
+    assert "\n" not in str(err.value) and "launcher=batched" in str(err.value)
 
 
 def test_grouping_keeps_apart_jobs_that_differ_beyond_optimizer_values():

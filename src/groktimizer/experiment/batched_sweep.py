@@ -182,6 +182,8 @@ class BatchedGroup:
 
     def __init__(self, trainers: Sequence[Any], contexts: Sequence[Any] | None = None) -> None:
         self.trainers = list(trainers)
+        for t in self.trainers:
+            t.batched_member = True  # they resume from batched checkpoints only
         self.contexts = list(contexts) if contexts is not None else [None] * len(self.trainers)
         first = self.trainers[0]
         tc = first.tcfg

@@ -53,13 +53,20 @@ def state(step: int, seeds: list[int], config: dict[str, Any], members: list[Any
 
 
 def find(
-    path: Path, mode: str, seeds: list[int], config: dict[str, Any], max_steps: int
+    path: Path,
+    mode: str,
+    seeds: list[int],
+    config: dict[str, Any],
+    max_steps: int,
+    batched: bool = False,
 ) -> dict | None:
     """The checkpoint a run resumes from (None: a fresh start), checked before any work.
 
     Refuses (one-line error) a missing checkpoint with resume=true, an unreadable one, and one
     written by a run with other seeds or another config: resuming it would report that run's
-    results under this run's config (e.g. a sweep re-run into the same folder).
+    results under this run's config (e.g. a sweep re-run into the same folder). ``batched``: the
+    run is a member of a batched sweep (launcher=batched), whose checkpoints hold the member's
+    slice of the batch's state; a plain run refuses those.
     """
     if mode == "true" and not path.exists():
         raise FileNotFoundError(
@@ -74,6 +81,15 @@ def find(
             f"trainer.max_steps={max_steps} is below the step of checkpoint {path} "
             f"({st['step']}): give a budget >= {st['step']} to continue it, or "
             "trainer.resume=false to start over"
+        )
+    written_batched = any(
+        isinstance(m.get("optimizer"), dict) and m["optimizer"].get("batched_member")
+        for m in st.get("members", [])
+    )
+    if written_batched and not batched:
+        raise ValueError(
+            f"checkpoint {path} was written by a batched sweep (launcher=batched): resume it "
+            "with launcher=batched, or trainer.resume=false to start over"
         )
     if list(st["seeds"]) != seeds:
         raise ValueError(

@@ -107,7 +107,7 @@ def run(cfg: Any, run_dir: str | None = None) -> float:
     return report(trainer, results)
 
 
-def prepare(cfg: Any, run_dir: str) -> Any:
+def prepare(cfg: Any, run_dir: str, batched: bool = False) -> Any:
     """Validate `cfg` and build its Trainer, checked for resume and locked (nothing trained).
 
     Bad input: one line and exit 2, or in a multirun the job recorded as invalid and ``inf``
@@ -124,6 +124,7 @@ def prepare(cfg: Any, run_dir: str) -> Any:
     try:
         validate(cfg)
         trainer = Trainer(cfg, run_dir)
+        trainer.batched_member = batched  # which checkpoints it may resume
         # a checkpoint that is missing (resume=true), unreadable, or from another config; the
         # run directory's lock (another live run there)
         trainer.prepare()

@@ -87,6 +87,7 @@ class Trainer:
         self._stop_signal: int | None = None
         self._resume_state: dict[str, Any] | None = None
         self._resume_checked = False
+        self.batched_member = False  # set by the batched launcher before the resume check
         self._lock: runio.RunLock | None = None
         self._last_progress = time.monotonic()
         self._last_progress_step = 0
@@ -362,7 +363,12 @@ class Trainer:
         if not self._resume_checked:
             mode = str(self.tcfg.resume).lower()
             self._resume_state = checkpoint.find(
-                self.checkpoint_path, mode, self.seeds, self.config_dict, self.tcfg.max_steps
+                self.checkpoint_path,
+                mode,
+                self.seeds,
+                self.config_dict,
+                self.tcfg.max_steps,
+                batched=self.batched_member,
             )
             self._resume_checked = True
         return self._resume_state

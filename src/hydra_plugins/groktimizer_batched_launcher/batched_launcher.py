@@ -128,7 +128,10 @@ class BatchedLauncher(Launcher):
         from groktimizer.experiment import cli
         from groktimizer.experiment.batched_sweep import train_group
 
-        prepared = [self._run(c, lambda cfg: cli.prepare(cfg, cli._output_dir())) for c in configs]
+        def prepare(cfg: DictConfig) -> Any:
+            return cli.prepare(cfg, cli._output_dir(), batched=True)
+
+        prepared = [self._run(c, prepare) for c in configs]
         ready = [
             (c, r)
             for c, r in zip(configs, prepared, strict=True)
