@@ -5,7 +5,9 @@ Step size. Heavy ball on a steep mode of curvature ``c = h + λ`` is stable iff
 of the Hessian in the metric the optimizer uses: for AdamCDM ``S H S`` with ``S = 1/√D`` (same
 spectrum as ``D⁻¹H``), for CDM the raw ``H``; it is measured at the switch by Lanczos on
 Hessian-vector products of the closure's loss. η is set at a fraction ``f`` of the bound:
-``η·c = f·B(β(η))``. For AdamCDM two more facts bind: its heavy ball moves about ``η/(1 − β)``
+``η·c = f·B(β(η))``, f = 0.5 in the raw metric and f = 1 in Adam's (``PRECONDITIONED_FRACTION``:
+Adam's v damps an overshooting mode, and η at 2.1x the measured bound collapsed where 1.07x was
+the fastest). For AdamCDM two more facts bind: its heavy ball moves about ``η/(1 − β)``
 a step in Adam's units, so η is capped at ``step_cap`` times phase 1's Adam step (minibatch
 noise, not curvature, is the limit there); and Adam's ``v`` grows wherever a step overshoots,
 which damps it, so the quiet curvature measured between overshoots overstates what binds. CDM
