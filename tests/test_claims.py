@@ -129,9 +129,50 @@ def test_adam_cdm_l2_measures_its_metric_scale_and_round_trips():
     )
 
 
+def test_adam_cdm_l2_metric_decay_is_weight_decay_times_the_metric_scale():
+    """metric_decay=True at λ equals metric_decay=False at λ·s step for step (s measured at the
+    first step), and its β is AdamCDM's at (η, λ): s cancels."""
+    h, a, w0 = _quadratic(2)
+    w, opt = _descend(AdamCDML2, h, a, w0, steps=200, lr=0.01, weight_decay=5.0, metric_decay=True)
+    s = opt.param_groups[0]["metric_scale"]
+    w_ref, ref = _descend(AdamCDML2, h, a, w0, steps=200, lr=0.01, weight_decay=5.0 * s)
+    assert torch.allclose(w, w_ref, rtol=1e-9, atol=1e-12)
+    assert opt.param_groups[0]["momentum_used"] == pytest.approx((1 - math.sqrt(0.05)) ** 2)
+    assert ref.param_groups[0]["momentum_used"] == pytest.approx((1 - math.sqrt(0.05)) ** 2)
+    assert len(opt.preconditioner()) == 1 and opt.preconditioner()[0].shape == w.shape
+
+
+def test_knob_free_groktimizer_runs_adam_cdm_l2_with_adam_cdm_s_eta_and_lambda():
+    """The tuner sets AdamCDML2 (metric_decay) from the same rule as AdamCDM: same η and λ."""
+    import functools
+
+    from groktimizer import GROKtimizer, StepSwitch, observe
+
+    h, a, w0 = _quadratic(3)
+    records = {}
+    for cls in (AdamCDM, functools.partial(AdamCDML2, metric_decay=True)):
+        w = w0.clone().requires_grad_(True)
+        opt = GROKtimizer([w], phase2=cls, switch=StepSwitch(5))
+
+        def loss(w=w):
+            return 0.5 * (h * (w - a) ** 2).sum()
+
+        for step in range(1, 8):
+            opt.zero_grad()
+            loss().backward()
+            opt.step()
+            observe(opt, step, train_loss=float(loss().detach()), closure=loss)
+        records[cls] = opt.auto_lr_record
+    rec_cdm, rec_l2 = records.values()
+    assert rec_l2["preconditioned"] is True
+    assert rec_l2["lr"] == pytest.approx(rec_cdm["lr"], rel=1e-9)
+    assert rec_l2["weight_decay"] == pytest.approx(rec_cdm["weight_decay"], rel=1e-9)
+
+
 @pytest.mark.parametrize(
     "kw, name",
     [
+        (dict(lr=1.0, weight_decay=1.0, metric_decay=1), "metric_decay"),
         (dict(lr=0.0, weight_decay=1.0), "lr"),
         (dict(lr=1.0, weight_decay=0.0), "weight_decay"),
         (dict(lr=1.0, weight_decay=1.0, damping=-1), "damping"),

@@ -5,6 +5,7 @@ W&B or datasets, so it can be used in any training loop.
 """
 
 from .adam_cdm import AdamCDM
+from .adam_cdm_l2 import AdamCDML2
 from .autotune import LR_AUTO_SAFETY_RANGE, Phase2Tuner, stability_bound, stable_lr
 from .batched import (
     BatchedOptimizer,
@@ -37,6 +38,7 @@ from .wrapper import OptimizerWrapper, observe, phase_of
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdamCDML2",
     "BatchedOptimizer",
     "MemberSpec",
     "Phase1Spec",

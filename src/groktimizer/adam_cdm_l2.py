@@ -22,7 +22,10 @@ are critically damped at rate ``1 − ζ√(ηλ/s)``; those with ``D < s`` are 
 at rate ``√β`` (the same modulus); those with ``D > s`` are over-damped (slower). Heavy ball is
 stable for ``η·λ/D < 2(1 + β)``; the floor ``D ≥ η·λ`` keeps ``η·λ/D ≤ 1``.
 
-To match AdamCDM's flat-mode rate at the same η, use ``λ_ℓ2 = λ_AdamCDM · s``.
+To match AdamCDM's flat-mode rate at the same η, use ``λ_ℓ2 = λ_AdamCDM · s``, or give
+``metric_decay=True``: then ``weight_decay`` is in AdamCDM's units (the ℓ2 strength is
+``weight_decay · s``, β = (1 − ζ√(ηλ))² as AdamCDM's), so the knob-free tuner of
+``GROKtimizer`` sets it exactly as it sets AdamCDM's.
 
 ``init_from_adam(adam)`` copies ``exp_avg_sq`` and ``step`` from an Adam/AdamW optimizer over
 the same parameter tensors (the metric carries over at the switch). One per-tensor path (no
@@ -83,6 +86,7 @@ class AdamCDML2(Optimizer):
         v_floor: lower bound ≥ 0 on √v̂; None (default) means η·λ (flat-mode stability).
         metric_scale: s > 0; None (default) measures it at the first step (median of D).
         momentum: explicit β in [0, 1), overriding the formula (0 gives preconditioned GD).
+        metric_decay: ``weight_decay`` in units of s (ℓ2 strength ``weight_decay · s``).
     """
 
     def __init__(
@@ -96,7 +100,9 @@ class AdamCDML2(Optimizer):
         v_floor: float | None = None,
         metric_scale: float | None = None,
         momentum: float | None = None,
+        metric_decay: bool = False,
     ) -> None:
+        _check("metric_decay", metric_decay, isinstance(metric_decay, bool), "a bool")
         _check("lr", lr, _real(lr) and lr > 0, "a float > 0")
         _check("weight_decay", weight_decay, _real(weight_decay) and weight_decay > 0, "> 0")
         _check("damping", damping, _real(damping) and damping > 0, "a float > 0")
@@ -116,27 +122,52 @@ class AdamCDML2(Optimizer):
             v_floor=v_floor,
             metric_scale=metric_scale,
             momentum=momentum,
+            metric_decay=metric_decay,
         )
         super().__init__(params, defaults)
+
+    @staticmethod
+    def l2_strength(group: dict[str, Any]) -> float:
+        """The ℓ2 strength λ' of the direction ``(g + λ'w)/D`` (``weight_decay · s`` when
+        ``metric_decay``; s must be known then)."""
+        if not group.get("metric_decay"):
+            return float(group["weight_decay"])
+        s = group["metric_scale"]
+        if s is None:
+            raise RuntimeError("AdamCDML2: metric_scale is measured at the first step")
+        return float(group["weight_decay"]) * float(s)
 
     @staticmethod
     def group_momentum(group: dict[str, Any]) -> float:
         """β at the group's current η, λ, ζ and s (explicit momentum if given)."""
         if group["momentum"] is not None:
             return float(group["momentum"])
+        if group.get("metric_decay"):  # ηλ'/s = ηλ: s cancels
+            kappa = group["lr"] * group["weight_decay"]
+            return max(0.0, 1.0 - group["damping"] * math.sqrt(kappa)) ** 2
         s = group["metric_scale"]
         if s is None:
             raise RuntimeError("AdamCDML2: metric_scale is measured at the first step")
         kappa = group["lr"] * group["weight_decay"] / s
         return max(0.0, 1.0 - group["damping"] * math.sqrt(kappa)) ** 2
 
-    @staticmethod
-    def _floor(group: dict[str, Any]) -> float:
+    @classmethod
+    def _floor(cls, group: dict[str, Any]) -> float:
         vf = group["v_floor"]
-        return group["lr"] * group["weight_decay"] if vf is None else float(vf)
+        if vf is not None:
+            return float(vf)
+        if group.get("metric_decay") and group["metric_scale"] is None:
+            return 0.0  # before the first step: no floor yet (only the curvature probe sees it)
+        return group["lr"] * cls.l2_strength(group)
 
     # copies Adam's exp_avg_sq and step for shared parameters, exactly as AdamCDM does
     init_from_adam = AdamCDM.init_from_adam
+
+    @torch.no_grad()
+    def preconditioner(self) -> list[Tensor | None]:
+        """``S = 1/√D`` per parameter (None where no second moment exists yet): the steep modes
+        of ``D⁻¹H`` have the spectrum of ``S H S`` (what the knob-free tuner measures)."""
+        return [None if d is None else d.rsqrt() for d in self.denominators()]
 
     @torch.no_grad()
     def denominators(self) -> list[Tensor | None]:
@@ -166,7 +197,7 @@ class AdamCDML2(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta2, eps, lr, wd = group["beta2"], group["eps"], group["lr"], group["weight_decay"]
+            beta2, eps, lr = group["beta2"], group["eps"], group["lr"]
             params = [p for p in group["params"] if p.grad is not None]
             for p in params:
                 st = self.state[p]
@@ -182,6 +213,7 @@ class AdamCDML2(Optimizer):
                     beta2,
                     eps,
                 )
+            wd = self.l2_strength(group)
             beta = self.group_momentum(group)
             group["momentum_used"] = beta
             floor = self._floor(group)

@@ -16,7 +16,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from groktimizer.adam_cdm_l2 import AdamCDML2
 from groktimizer.cdm import CDM
+
+PHASE2 = (CDM, AdamCDML2)  # what a biphasic schedule accepts as phase 2
 
 
 class ConfigError(ValueError):
@@ -165,7 +168,7 @@ class TrainConfig:
     experiment_name: str = "default"
     # parameters whose names contain one of these get no weight decay ("bias", "norm", "embed")
     no_decay: list[str] = field(default_factory=list)
-    # a biphasic schedule takes a CDM-type phase 2 (CDM, AdamCDM); true lets any optimizer in
+    # a biphasic schedule takes a CDM-type phase 2 (CDM, AdamCDM, AdamCDML2); true lets any in
     allow_any_phase2: bool = False
 
 
@@ -325,13 +328,13 @@ def validate(cfg: Any) -> None:
         if not cfg[group].get("_target_"):
             raise ConfigError(f"{group}._target_ is missing: name the class to build")
     if cfg.schedule.get("_target_") and not cfg.allow_any_phase2:
-        # the CDM family (AdamCDM subclasses CDM) is what phase 2 is for
-        if not issubclass(_class(cfg.optimizer._target_, "optimizer._target_"), CDM):
+        # the CDM family (AdamCDM subclasses CDM) and AdamCDML2 are what phase 2 is for
+        if not issubclass(_class(cfg.optimizer._target_, "optimizer._target_"), PHASE2):
             raise ConfigError(
                 f"optimizer._target_={cfg.optimizer._target_} under a biphasic schedule is not a "
-                "phase-2 optimizer: accepted CDM or AdamCDM (groktimizer); for a one-phase "
-                f"baseline use method=<name> (e.g. method=adamw) or schedule=single, or set "
-                "allow_any_phase2=true"
+                "phase-2 optimizer: accepted CDM, AdamCDM or AdamCDML2 (groktimizer); for a "
+                "one-phase baseline use method=<name> (e.g. method=adamw) or schedule=single, or "
+                "set allow_any_phase2=true"
             )
     if not cfg.schedule.get("_target_"):
         for node in ("schedule", "optimizer"):
