@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: venv train test lint format bench clean-outputs \
-	table1 table2 table3 table4 table5 robustness table_fair reproduce tables fair
+	table1 table2 table3 table4 table5 robustness robustness-cpu table_fair reproduce tables fair
 
 venv: $(STAMP)
 
@@ -57,6 +57,14 @@ table1 table2 table3 table4 table5 robustness: $(STAMP)
 
 reproduce: $(STAMP)
 	$(REPRODUCE) all
+
+# The robustness suite cut for a 2-core CPU (scripts/robustness.py: GROKtimizer on all 11
+# settings, then AdamW to 3x and Adam+EMA to 2x its median t_gen99), then its table.
+ROBUST_CPU := $(PY) scripts/robustness.py --out outputs/multiruns/robustness/cpu --workers 2
+robustness-cpu: $(STAMP)
+	$(ROBUST_CPU)
+	$(PY) -m groktimizer.analysis.tables outputs/multiruns/robustness/cpu --table robustness \
+		--out outputs/results/cpu/robustness --command "$(ROBUST_CPU:$(PY)=python)"
 
 tables: $(STAMP)
 	$(REPRODUCE) --build-only all
