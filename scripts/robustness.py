@@ -46,7 +46,6 @@ SETTINGS = {
     "parity40_3": 5000,
     "digits_lowsample": 5000,
 }
-TRANSFORMERS = {"add97_tf1", "add97_tf1_ln", "mul97_tf2_ln_minibatch"}
 AT_BUDGET = {"digits_lowsample"}  # scored by test accuracy at the budget
 RATIO = {"adamw": 3, "adam_ema": 2}
 EVAL_EVERY = 10
@@ -111,13 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - started:7.0f}s] {msg}", flush=True)
 
     # GROKtimizer everywhere first (the suite's first claim: no collapse with one default), then
-    # the baselines, the cheap settings before the transformers
+    # the baselines, settings in the order given
     with ThreadPoolExecutor(args.workers) as pool:
         jobs = [(s, "groktimizer", SETTINGS[s]) for s in args.settings]
         list(pool.map(lambda j: run_job(out, *j, args.seeds, log), jobs))
-        later = [s for s in args.settings if s in TRANSFORMERS]
-        order = [s for s in args.settings if s not in TRANSFORMERS] + later
-        pairs = [(s, m) for s in order for m in RATIO]
+        pairs = [(s, m) for s in args.settings for m in RATIO]
         jobs = [(s, m, baseline_budget(out, s, m, SETTINGS[s], args.seeds)) for s, m in pairs]
         list(pool.map(lambda j: run_job(out, *j, args.seeds, log), jobs))
     log("all settings done")
