@@ -98,6 +98,33 @@ def top_eigenvalue(
     return eig, iters
 
 
+def _lanczos(
+    apply: Callable[[Tensor], Tensor], q: Tensor, iters: int
+) -> tuple[list[Tensor], Tensor]:
+    """Lanczos with full reorthogonalisation from the unit vector ``q``: the ``m <= iters``
+    Lanczos vectors and the m x m tridiagonal matrix T (float64) whose eigenvalues are the Ritz
+    values. Stops early when the Krylov space is exhausted."""
+    basis, alphas, betas = [q], [], []
+    for j in range(iters):
+        w = apply(basis[j])
+        alpha = float(w @ basis[j])
+        alphas.append(alpha)
+        Q = torch.stack(basis)
+        w = w - Q.T @ (Q @ w)  # full reorthogonalisation against every Lanczos vector
+        w = w - Q.T @ (Q @ w)
+        beta = float(w.norm())
+        if j == iters - 1 or beta < 1e-10 * max(1.0, abs(alpha)):
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    m = len(alphas)
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    return basis[:m], T
+
+
 def lanczos_top_eigenvalues(
     loss_fn: LossFn,
     params: Sequence[Tensor],
@@ -118,9 +145,6 @@ def lanczos_top_eigenvalues(
     op = _HessianOperator(loss_fn, params)
     flat = lambda xs: torch.cat([x.reshape(-1) for x in xs]).double()  # noqa: E731
     q = flat(_random_unit(params, seed))
-    basis: list[Tensor] = [q]
-    alphas: list[float] = []
-    betas: list[float] = []
     shapes = [(p.shape, p.numel(), p.dtype) for p in params]
 
     def unflat(x: Tensor) -> list[Tensor]:
@@ -130,23 +154,7 @@ def lanczos_top_eigenvalues(
             i += n
         return out
 
-    for j in range(iters):
-        w = flat(op(unflat(basis[j]))).to(q.device)
-        alpha = float(w @ basis[j])
-        alphas.append(alpha)
-        Q = torch.stack(basis)
-        w = w - Q.T @ (Q @ w)  # full reorthogonalisation against every Lanczos vector
-        w = w - Q.T @ (Q @ w)
-        beta = float(w.norm())
-        if j == iters - 1 or beta < 1e-10 * max(1.0, abs(alpha)):
-            break
-        betas.append(beta)
-        basis.append(w / beta)
-    m = len(alphas)
-    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if m > 1:
-        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
-        T += torch.diag(off, 1) + torch.diag(off, -1)
+    _, T = _lanczos(lambda x: flat(op(unflat(x))).to(q.device), q, iters)
     eigs = torch.linalg.eigvalsh(T).flip(0)
     return [float(e) for e in eigs[:k]]
 
@@ -204,26 +212,11 @@ def top_eigenpair(
         if float(w0.norm()) > 0:
             q = w0 / w0.norm() + 0.1 * q  # warm start, with noise to escape a stale mode
     q = q / q.norm()
-    basis, alphas, betas = [q], [], []
-    for j in range(iters):
-        w = apply(basis[j])
-        alphas.append(float(w @ basis[j]))
-        Q = torch.stack(basis)
-        w = w - Q.T @ (Q @ w)
-        w = w - Q.T @ (Q @ w)
-        beta = float(w.norm())
-        if j == iters - 1 or beta < 1e-10 * max(1.0, abs(alphas[-1])):
-            break
-        betas.append(beta)
-        basis.append(w / beta)
-    m = len(alphas)
-    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if m > 1:
-        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
-        T += torch.diag(off, 1) + torch.diag(off, -1)
+    basis, T = _lanczos(apply, q, iters)
+    m = T.shape[0]
     evals, evecs = torch.linalg.eigh(T)
     theta = float(evals[-1])
-    ritz = torch.stack(basis[:m]).T @ evecs[:, -1].to(s_flat.device)
+    ritz = torch.stack(basis).T @ evecs[:, -1].to(s_flat.device)
     vec_kept = unflat(ritz / ritz.norm())
     vec = [torch.zeros_like(p) for p in params]
     for i, v in zip(keep, vec_kept, strict=True):
