@@ -1,7 +1,8 @@
 """Speed-up of one method over others, with a seed-bootstrap interval, from run folders.
 
-Every results.json under each directory is one run; runs are grouped by their overrides minus
-the seed (so a weight-decay sweep gives one group per value). A run that did not reach the
+Every results.json under each directory is one run; runs are grouped as the table builder groups
+them (``tables.group_key``: overrides minus the seed and run-invariant keys), so a weight-decay
+sweep gives one group per value. A run that did not reach the
 target counts as its budget (a lower bound on its t_gen99, so its ratio is a lower bound too).
 
     python scripts/speedup.py --ours outputs/multiruns/robustness/cpu/add97_tf1/groktimizer \\
@@ -23,12 +24,7 @@ from groktimizer.analysis import fair, tables
 def groups(dirs: list[Path], target: str) -> dict[str, list[tuple[float, bool]]]:
     out: dict[str, list[tuple[float, bool]]] = {}
     for run in tables.load_runs(dirs):
-        keys = [
-            o
-            for o in run.get("overrides") or []
-            if not o.split("=")[0].lstrip("+").startswith(("trainer.", "hydra.", "experiment"))
-        ]
-        name = " ".join(sorted(keys)) or tables.method_label(run)
+        name = " ".join(f"{k}={v}" for k, v in tables.group_key(run))
         t = run.get(target)
         reached = t is not None
         out.setdefault(name, []).append((float(t if reached else run["max_steps"]), reached))
