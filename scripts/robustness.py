@@ -55,16 +55,38 @@ def results(job_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(job_dir.glob("**/results.json"))]
 
 
-def finished(job_dir: Path, seeds: int) -> bool:
+def finished(job_dir: Path, seeds: int, steps: int) -> bool:
+    """Every seed ended (not interrupted) and either reached the target or ran ``steps`` steps
+    (a baseline cut at a smaller cap runs again when GROKtimizer's median moved up)."""
     runs = results(job_dir)
-    return len(runs) >= seeds and all(r.get("status") != "interrupted" for r in runs)
+    return len(runs) >= seeds and all(
+        r.get("status") != "interrupted"
+        and (r.get("t_gen99") is not None or int(r.get("steps") or 0) >= steps)
+        for r in runs
+    )
 
 
-def run_job(out: Path, setting: str, method: str, steps: int, seeds: int, log) -> None:
-    job_dir = out / setting / method
-    if finished(job_dir, seeds):
-        log(f"{setting} {method}: done already")
+def run_job(
+    out: Path,
+    setting: str,
+    method: str,
+    steps: int,
+    seeds: int,
+    log,
+    extra: tuple[str, ...] = (),
+    name: str | None = None,
+) -> None:
+    name = name or method
+    job_dir = out / setting / name
+    if finished(job_dir, seeds, steps):
+        log(f"{setting} {name}: done already")
         return
+    if results(job_dir) and all(r.get("status") != "interrupted" for r in results(job_dir)):
+        # ended at a smaller cap: keep those runs, out of the table's tree, and run again
+        dest = out.with_name(out.name + "_superseded") / setting / f"{name}.{int(time.time())}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        job_dir.rename(dest)
+        log(f"{setting} {name}: runs cut below {steps} steps moved to {dest}")
     cmd = [
         sys.executable,
         "train.py",
@@ -76,12 +98,13 @@ def run_job(out: Path, setting: str, method: str, steps: int, seeds: int, log) -
         f"trainer.seeds=[{','.join(str(s) for s in range(seeds))}]",
         "trainer.threads=1",
         f"hydra.sweep.dir={job_dir}",
+        *extra,
     ]
-    log(f"{setting} {method}: {' '.join(cmd[1:])}")
+    log(f"{setting} {name}: {' '.join(cmd[1:])}")
     t0 = time.monotonic()
-    with open(out / "logs" / f"{setting}.{method}.log", "w") as fh:
+    with open(out / "logs" / f"{setting}.{name}.log", "w") as fh:
         rc = subprocess.call(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-    log(f"{setting} {method}: exit {rc} after {time.monotonic() - t0:.0f} s")
+    log(f"{setting} {name}: exit {rc} after {time.monotonic() - t0:.0f} s")
 
 
 def baseline_budget(out: Path, setting: str, method: str, budget: int, seeds: int) -> int:
@@ -101,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--candidate",
+        nargs="+",
+        metavar="NAME [OVERRIDE ...]",
+        help="run only GROKtimizer with these Hydra overrides, into <setting>/<NAME> (no "
+        "baselines): a phase-2 variant tried over the whole suite before it becomes the default",
+    )
     args = ap.parse_args(argv)
     out = args.out if args.out.is_absolute() else ROOT / args.out
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -111,6 +141,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # GROKtimizer everywhere first (the suite's first claim: no collapse with one default), then
     # the baselines, settings in the order given
+    if args.candidate:
+        name, *extra = args.candidate
+
+        def candidate(setting: str) -> None:
+            steps = SETTINGS[setting]
+            run_job(out, setting, "groktimizer", steps, args.seeds, log, tuple(extra), name)
+
+        with ThreadPoolExecutor(args.workers) as pool:
+            list(pool.map(candidate, args.settings))
+        log("all settings done")
+        return 0
     with ThreadPoolExecutor(args.workers) as pool:
         jobs = [(s, "groktimizer", SETTINGS[s]) for s in args.settings]
         list(pool.map(lambda j: run_job(out, *j, args.seeds, log), jobs))

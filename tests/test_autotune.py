@@ -75,11 +75,14 @@ def _fit(seed=0):
     return model, x, y
 
 
-def test_decay_wins_is_rolled_back_and_lambda_lowered():
+@pytest.mark.parametrize("target", ["fixed_point", "rate"])
+def test_decay_wins_is_rolled_back_and_lambda_lowered(target):
     model, x, y = _fit()
     opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=3.0, switch=StepSwitch(0))
     # explicit η, λ, guarded; a fall of train accuracy that lasts 10 steps is a collapse
-    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False, collapse_window=10)
+    opt.tuner = Phase2Tuner(
+        lr_auto=False, weight_decay_auto=False, collapse_window=10, backoff_target=target
+    )
     assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
     good = [p.detach().clone() for p in model.parameters()]
     assert observe(opt, 10, train_acc=1.0, train_loss=0.02, weight_norm=4.9) == []
@@ -90,11 +93,15 @@ def test_decay_wins_is_rolled_back_and_lambda_lowered():
     events = observe(opt, 30, train_acc=0.8, train_loss=0.7, weight_norm=0.4)
     (ev,) = events
     assert ev["event"] == "decay_backoff" and ev["weights_changed"] is True
-    # κ = ηλ falls 3x; η falls with 1 − β so that the heavy ball's step η/(1 − β) is kept
-    ratio = (1 - critical_momentum(1.0, 1e-3)) / (1 - critical_momentum(1.0, 3e-3))
     g = opt.param_groups[0]
-    assert ev["cause"] == "accuracy" and g["lr"] == pytest.approx(1e-3 * ratio)
-    assert g["lr"] * g["weight_decay"] == pytest.approx(1e-3)
+    assert ev["cause"] == "accuracy"
+    if target == "rate":  # κ = ηλ falls 3x, η with 1 − β
+        ratio = (1 - critical_momentum(1.0, 1e-3)) / (1 - critical_momentum(1.0, 3e-3))
+        assert g["lr"] == pytest.approx(1e-3 * ratio)
+        assert g["lr"] * g["weight_decay"] == pytest.approx(1e-3)
+    else:  # λ (the fixed point's strength) falls 3x; η is lowered with it
+        assert g["weight_decay"] == pytest.approx(1.0) and g["lr"] < 1e-3
+    # either way the heavy ball's step η/(1 − β) is kept
     assert g["lr"] / (1 - g["momentum_used"]) == pytest.approx(
         1e-3 / (1 - critical_momentum(1e-3, 3.0))
     )
@@ -112,6 +119,11 @@ def test_non_finite_loss_rolls_back_and_cuts_the_step():
     assert [e["event"] for e in events] == ["lr_backoff"] and events[0]["weights_changed"]
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(1.0)
+
+
+def test_backoff_target_is_checked():
+    with pytest.raises(ValueError, match="backoff_target must be 'fixed_point' or 'rate'"):
+        Phase2Tuner(backoff_target="lambda")
 
 
 def test_tuner_state_resumes():

@@ -1,8 +1,10 @@
-"""The claims analysis (slope fit, milestones) and the ℓ2-targeting AdamCDML2."""
+"""The claims analysis (slope fit, milestones), the ℓ2-targeting AdamCDML2 and the robustness
+driver's resume rule."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from groktimizer import AdamCDM
-from groktimizer.adam_cdm_l2 import AdamCDML2
+from groktimizer.adam_cdm_l2 import AdamCDML2, metric_scale
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,6 +171,61 @@ def test_knob_free_groktimizer_runs_adam_cdm_l2_with_adam_cdm_s_eta_and_lambda()
     assert rec_l2["weight_decay"] == pytest.approx(rec_cdm["weight_decay"], rel=1e-9)
 
 
+def _one_step(**kw):
+    w = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    opt = AdamCDML2([w], lr=0.01, weight_decay=0.5, metric_scale=0.2, momentum=0.0, **kw)
+    w.grad = torch.tensor([0.3, 0.0], dtype=torch.float64)  # the second entry never sees one
+    opt.step()
+    return w.detach()
+
+
+def test_adam_cdm_l2_scale_floor_keeps_a_gradient_free_entry_from_jumping_to_zero():
+    """Under the default floor ηλ' an entry with no gradient has D = ηλ' + ε, so its flat-mode
+    factor ηλ'/D is 1 (it jumps to 0 in one step: the digits blow-up); scale_floor f keeps
+    D ≥ f·s, so it moves by ηλ'w/(f·s) and an entry above the floor is untouched by it."""
+    eps, lr, lam = 1e-8, 0.01, 0.5
+    w = _one_step()
+    assert float(w[1]) == pytest.approx(2.0 - lr * lam * 2.0 / (lr * lam + eps), abs=1e-12)
+    assert abs(float(w[1])) < 1e-5
+    w = _one_step(scale_floor=0.5)  # floor 0.5 · 0.2 = 0.1 < |g| = 0.3
+    assert float(w[1]) == pytest.approx(2.0 - lr * lam * 2.0 / (0.1 + eps), rel=1e-12)
+    assert float(w[0]) == pytest.approx(1.0 - lr * (0.3 + lam * 1.0) / (0.3 + eps), rel=1e-12)
+
+
+def test_adam_cdm_l2_scale_rules_track_the_median_of_the_metric_or_its_maximum():
+    """ "track" re-measures s at every step (the median of √v̂ + ε, so λ' = λ·s follows the
+    gradient's scale), "max" keeps the largest value seen, "first" the first step's."""
+    h, a, w0 = _quadratic(4)
+    h = h + 0.5  # no flat direction: the median of √v̂ is a gradient's scale, not ε
+    kw = dict(lr=0.01, weight_decay=5.0, metric_decay=True)
+    seen = []
+    for steps in range(1, 31):
+        _, opt = _descend(AdamCDML2, h, a, w0, steps=steps, scale_rule="track", **kw)
+        p = opt.param_groups[0]["params"][0]
+        st = opt.state[p]
+        s_t = opt.param_groups[0]["metric_scale"]
+        assert s_t == pytest.approx(
+            metric_scale([st["exp_avg_sq"]], [st["step"]], 0.98, 1e-8), rel=1e-12
+        )
+        seen.append(s_t)
+    assert max(seen) > 1.02 * min(seen)  # it moved
+    _, first = _descend(AdamCDML2, h, a, w0, steps=30, scale_rule="first", **kw)
+    assert first.param_groups[0]["metric_scale"] == seen[0]
+    w = w0.clone().requires_grad_(True)
+    opt = AdamCDML2([w], scale_rule="max", **kw)
+    prev, fell = 0.0, False
+    for _ in range(30):
+        opt.zero_grad()
+        (0.5 * (h * (w - a) ** 2).sum()).backward()
+        opt.step()
+        st = opt.state[w]
+        now = metric_scale([st["exp_avg_sq"]], [st["step"]], 0.98, 1e-8)
+        fell = fell or now < prev
+        prev = max(prev, now)
+        assert opt.param_groups[0]["metric_scale"] == pytest.approx(prev, rel=1e-12)
+    assert fell  # the median fell at some step and "max" kept the larger value
+
+
 @pytest.mark.parametrize(
     "kw, name",
     [
@@ -179,6 +236,8 @@ def test_knob_free_groktimizer_runs_adam_cdm_l2_with_adam_cdm_s_eta_and_lambda()
         (dict(lr=1.0, weight_decay=1.0, beta2=1.0), "beta2"),
         (dict(lr=1.0, weight_decay=1.0, metric_scale=0.0), "metric_scale"),
         (dict(lr=1.0, weight_decay=1.0, momentum=1.0), "momentum"),
+        (dict(lr=1.0, weight_decay=1.0, scale_floor=0.0), "scale_floor"),
+        (dict(lr=1.0, weight_decay=1.0, scale_rule="median"), "scale_rule"),
     ],
 )
 def test_adam_cdm_l2_rejects_bad_arguments(kw, name):
@@ -213,3 +272,49 @@ def test_flat_mode_model_critical_damping_settles_first_under_damping_passes_fir
     assert first[0.25] < first[0.5] < first[1.0] < first[2.0]
     # critical: the flat mode decays like (1 + k√κ)(1 − √κ)^k, settling in ~ln(1/ε)/√κ steps
     assert 3 / math.sqrt(1e-3) < settle[1.0] < 5 / math.sqrt(1e-3)
+
+
+def _write_run(job_dir, seed, **res):
+    d = job_dir / f"seed_{seed}"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"status": "completed", **res}))
+
+
+def test_robustness_driver_reruns_a_baseline_cut_below_the_new_cap(tmp_path, monkeypatch):
+    """A baseline that ended (unreached) at a smaller cap than the one now needed is moved out
+    of the table's tree and run again; reached runs, or runs at the cap, count as done."""
+    rob = _script("robustness")
+    out = tmp_path / "cpu"
+    (out / "logs").mkdir(parents=True)
+    job = out / "add97_tf1" / "adamw"
+    for seed in range(3):
+        _write_run(job, seed, steps=810, t_gen99=None)
+    assert rob.finished(job, 3, 810) and not rob.finished(job, 3, 870)
+    calls = []
+    monkeypatch.setattr(rob.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    rob.run_job(out, "add97_tf1", "adamw", 870, 3, lambda msg: None)
+    assert not job.exists() and len(calls) == 1 and "trainer.max_steps=870" in calls[0]
+    moved = list((tmp_path / "cpu_superseded" / "add97_tf1").glob("adamw.*/seed_*/results.json"))
+    assert len(moved) == 3
+    reached = out / "add97_mlp" / "adam_ema"
+    for seed in range(3):
+        _write_run(reached, seed, steps=1070, t_gen99=1070)
+    rob.run_job(out, "add97_mlp", "adam_ema", 5000, 3, lambda msg: None)
+    assert len(calls) == 1  # reached: nothing to run
+
+
+def test_adam_cdm_l2_zero_decay_group_takes_the_default_lambda_for_its_momentum():
+    """A group with λ = 0 (biases) gets β from the optimizer's λ, known at construction: from its
+    own λ it would be 1 (an undamped heavy ball that sums gradients forever)."""
+    w, b = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
+    opt = AdamCDML2(
+        [{"params": [w]}, {"params": [b], "weight_decay": 0.0}],
+        lr=1e-3,
+        weight_decay=2.0,
+        metric_decay=True,
+    )
+    beta = (1 - math.sqrt(2e-3)) ** 2
+    assert [g["momentum_used"] for g in opt.param_groups] == pytest.approx([beta, beta])
+    w.grad, b.grad = torch.ones(3), torch.ones(2)
+    opt.step()
+    assert [g["momentum_used"] for g in opt.param_groups] == pytest.approx([beta, beta])

@@ -20,7 +20,12 @@ typical one, ``λ/s`` with ``s`` a scalar summary of D (default: the median of D
 entries at the first step, then kept, stored in the param group): flat directions with ``D ≈ s``
 are critically damped at rate ``1 − ζ√(ηλ/s)``; those with ``D < s`` are under-damped and decay
 at rate ``√β`` (the same modulus); those with ``D > s`` are over-damped (slower). Heavy ball is
-stable for ``η·λ/D < 2(1 + β)``; the floor ``D ≥ η·λ`` keeps ``η·λ/D ≤ 1``.
+stable for ``η·λ/D < 2(1 + β)``; the floor ``D ≥ η·λ`` keeps ``η·λ/D ≤ 1``. That bound is not
+enough where entries see no gradient at all (pixels that are 0 in every training image): their
+``D`` sits on the floor, ``η·λ/D = 1`` with β near 1 is an undamped swing, and on the digits
+setting (MLP, init ×8) the knob-free run blew up within 50 steps of the switch (loss 9e6; 18
+halvings of η did not stop it, since the floor halves with η). ``scale_floor=f`` floors D at
+``f·s`` instead (the factor is then at most ``ηλ'/(f·s)``; the knob-free config uses it).
 
 To match AdamCDM's flat-mode rate at the same η, use ``λ_ℓ2 = λ_AdamCDM · s``, or give
 ``metric_decay=True``: then ``weight_decay`` is in AdamCDM's units (the ℓ2 strength is
@@ -45,7 +50,9 @@ from torch.optim.optimizer import ParamsT
 
 from .adam_cdm import AdamCDM
 
-__all__ = ["AdamCDML2", "metric_scale"]
+__all__ = ["AdamCDML2", "metric_scale", "SCALE_RULES"]
+
+SCALE_RULES = ("first", "track", "max")
 
 
 def _real(x: Any) -> bool:
@@ -87,6 +94,13 @@ class AdamCDML2(Optimizer):
         metric_scale: s > 0; None (default) measures it at the first step (median of D).
         momentum: explicit β in [0, 1), overriding the formula (0 gives preconditioned GD).
         metric_decay: ``weight_decay`` in units of s (ℓ2 strength ``weight_decay · s``).
+        scale_floor: f > 0: floor √v̂ at ``f·s`` instead of ``v_floor`` (None: off). An entry
+            that sees (almost) no gradient sits at the floor; under ``η·λ`` its flat-mode
+            factor ``ηλ'/D`` is 1 (under-damped, and it swings with every change of D).
+        scale_rule: how s (when not given) is measured: ``"first"`` once, at the first step;
+            ``"track"`` at every step (λ' = λ·s follows the gradient's scale, as AdamCDM's
+            decay does); ``"max"`` the largest value seen so far (λ' never weakens, and follows
+            the gradient's scale when it rises, as it does after the switch on transformers).
     """
 
     def __init__(
@@ -101,8 +115,11 @@ class AdamCDML2(Optimizer):
         metric_scale: float | None = None,
         momentum: float | None = None,
         metric_decay: bool = False,
+        scale_floor: float | None = None,
+        scale_rule: str = "first",
     ) -> None:
         _check("metric_decay", metric_decay, isinstance(metric_decay, bool), "a bool")
+        _check("scale_rule", scale_rule, scale_rule in SCALE_RULES, f"one of {SCALE_RULES}")
         _check("lr", lr, _real(lr) and lr > 0, "a float > 0")
         _check("weight_decay", weight_decay, _real(weight_decay) and weight_decay > 0, "> 0")
         _check("damping", damping, _real(damping) and damping > 0, "a float > 0")
@@ -113,6 +130,8 @@ class AdamCDML2(Optimizer):
         _check("metric_scale", metric_scale, ok_s, "None or a float > 0")
         ok_m = momentum is None or (_real(momentum) and 0 <= momentum < 1)
         _check("momentum", momentum, ok_m, "None or a float in [0, 1)")
+        ok_f = scale_floor is None or (_real(scale_floor) and scale_floor > 0)
+        _check("scale_floor", scale_floor, ok_f, "None or a float > 0")
         defaults = dict(
             lr=lr,
             weight_decay=weight_decay,
@@ -123,6 +142,8 @@ class AdamCDML2(Optimizer):
             metric_scale=metric_scale,
             momentum=momentum,
             metric_decay=metric_decay,
+            scale_floor=scale_floor,
+            scale_rule=scale_rule,
         )
         super().__init__(params, defaults)
 
@@ -137,25 +158,36 @@ class AdamCDML2(Optimizer):
             raise RuntimeError("AdamCDML2: metric_scale is measured at the first step")
         return float(group["weight_decay"]) * float(s)
 
-    @staticmethod
-    def group_momentum(group: dict[str, Any]) -> float:
-        """β at the group's current η, λ, ζ and s (explicit momentum if given)."""
+    def group_momentum(self, group: dict[str, Any]) -> float:
+        """β at the group's current η, λ, ζ and s (explicit momentum if given). A group with
+        λ = 0 (e.g. biases) takes the optimizer's default λ for its β, as AdamCDM does: β from
+        its own λ would be 1, an undamped heavy ball."""
         if group["momentum"] is not None:
             return float(group["momentum"])
+        wd = group["weight_decay"] if group["weight_decay"] > 0 else self.defaults["weight_decay"]
         if group.get("metric_decay"):  # ηλ'/s = ηλ: s cancels
-            kappa = group["lr"] * group["weight_decay"]
+            kappa = group["lr"] * wd
             return max(0.0, 1.0 - group["damping"] * math.sqrt(kappa)) ** 2
         s = group["metric_scale"]
         if s is None:
             raise RuntimeError("AdamCDML2: metric_scale is measured at the first step")
-        kappa = group["lr"] * group["weight_decay"] / s
+        kappa = group["lr"] * wd / s
         return max(0.0, 1.0 - group["damping"] * math.sqrt(kappa)) ** 2
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group["momentum"] is not None or group.get("metric_decay") or group["metric_scale"]:
+            group["momentum_used"] = self.group_momentum(group)  # known before the first step
 
     @classmethod
     def _floor(cls, group: dict[str, Any]) -> float:
         vf = group["v_floor"]
         if vf is not None:
             return float(vf)
+        if group.get("scale_floor") is not None:
+            s = group["metric_scale"]
+            return 0.0 if s is None else float(group["scale_floor"]) * float(s)
         if group.get("metric_decay") and group["metric_scale"] is None:
             return 0.0  # before the first step: no floor yet (only the curvature probe sees it)
         return group["lr"] * cls.l2_strength(group)
@@ -206,13 +238,17 @@ class AdamCDML2(Optimizer):
                     st["step"] = 0
                 st["step"] = int(st["step"]) + 1
                 st["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            if group["metric_scale"] is None and params:
-                group["metric_scale"] = metric_scale(
+            rule = group.get("scale_rule", "first")
+            if (group["metric_scale"] is None or rule != "first") and params:
+                s_now = metric_scale(
                     [self.state[p]["exp_avg_sq"] for p in params],
                     [self.state[p]["step"] for p in params],
                     beta2,
                     eps,
                 )
+                s_old = group["metric_scale"]
+                keep_max = rule == "max" and s_old is not None
+                group["metric_scale"] = max(s_old, s_now) if keep_max else s_now
             wd = self.l2_strength(group)
             beta = self.group_momentum(group)
             group["momentum_used"] = beta

@@ -23,8 +23,8 @@ another better than λ does. Where decay still wins, it is detected and undone:
     train accuracy < acc_ref − acc_drop at two observations running (or < acc_ref − 3·acc_drop
     once), or, without an accuracy, a rising loss above 0.3 × the first loss while the norm falls
         -> "decay_backoff": weights and optimizer state := last good snapshot, momentum := 0,
-           λ := decay_backoff · λ (and η := lr_backoff · η when it failed again before any good
-           state, or when λ is already 0)
+           λ := decay_backoff · λ with η lowered so that the step η/(1 − β) stays (and
+           η := lr_backoff · η when it failed again before any good state, or when λ is 0)
     loss non-finite, or loss > blowup · max(L_snapshot, 0.1 × first loss) with the norm not
     falling
         -> "lr_backoff": the same rollback, curvature re-measured from a fresh start,
@@ -129,6 +129,9 @@ class Phase2Tuner:
         acc_drop: a fall of train accuracy below the switch's by more than this is "decay
             wins", in (0, 1).
         decay_backoff, lr_backoff: factors in (0, 1) applied at a rollback.
+        backoff_target: what ``decay_backoff`` scales, the decay's fixed point λ
+            (``"fixed_point"``) or its rate κ = ηλ (``"rate"``, the rule before); the heavy
+            ball's step η/(1 − β) is kept either way.
         blowup: loss ratio (> 1) over the good state's loss that counts as a blow-up.
         lr_auto_safety: legacy rule ``η = c/(h + λ)`` with c in (0, 2) (None: the bound rule).
         fallback_lr: η when no closure is available to measure curvature (None: an error).
@@ -151,8 +154,14 @@ class Phase2Tuner:
         lr_auto_safety: float | None = None,
         fallback_lr: float | None = None,
         step_cap: float | None = 3.0,
+        backoff_target: str = "fixed_point",
     ) -> None:
         owner = "Phase2Tuner"
+        if backoff_target not in ("fixed_point", "rate"):
+            raise ValueError(
+                f"{owner}: backoff_target must be 'fixed_point' or 'rate', got {backoff_target!r}"
+            )
+        self.backoff_target = backoff_target
         if lr_fraction is not None:
             _real(owner, "lr_fraction", lr_fraction, 0.0, 2.0, "None or in (0, 2)")
         _real(owner, "flat_rate", flat_rate, 0.0, 1.0, "in (0, 1)")
@@ -420,17 +429,8 @@ class Phase2Tuner:
             if blown and self.lr_auto:
                 self._probe(opt, closure, self.probe_iters, warm=False)
             if not blown and old_wd:
-                # κ = ηλ falls by decay_backoff; η falls with 1 − β so the heavy ball's step
-                # η/(1 − β) stays put (λ alone would push β to 1: an undamped, larger step)
-                g0 = opt.param_groups[0]
-                zeta, nest = float(g0.get("damping", 1.0)), bool(g0.get("nesterov", False))
-                kappa = float(old_lr) * float(old_wd)  # type: ignore[arg-type]
-                new_kappa = kappa * self.decay_backoff
-                ratio = (1 - critical_momentum(1.0, new_kappa, zeta, nest)) / (
-                    1 - critical_momentum(1.0, kappa, zeta, nest)
-                )
-                self.lr_ceiling = min(self.lr_ceiling or math.inf, float(old_lr) * ratio)  # type: ignore[arg-type]
-                self.weight_decay = new_kappa / (float(old_lr) * ratio)  # type: ignore[arg-type]
+                new_lr, self.weight_decay = self._backed_off(opt, float(old_lr), float(old_wd))  # type: ignore[arg-type]
+                self.lr_ceiling = min(self.lr_ceiling or math.inf, new_lr)
                 self.counts["decay_backoffs"] += 1
             if lr_cut:
                 self.counts["lr_backoffs"] += 1
@@ -479,6 +479,33 @@ class Phase2Tuner:
         if loss is not None and math.isfinite(loss):
             self.prev_loss = loss
         return events
+
+    def _backed_off(self, opt: Optimizer, lr: float, wd: float) -> tuple[float, float]:
+        """(η, λ) after a decay back-off. The heavy ball's step ``η/(1 − β)`` stays put in both
+        rules (λ alone would push β to 1: an undamped, larger step).
+
+        ``"fixed_point"``: λ falls by ``decay_backoff`` (the stationary point ``g = −λ·w`` of
+        the ℓ2 phase 2, ``g = −λ·D·w`` of AdamCDM, is set by λ alone), η by the root of
+        ``η/(1 − β(ηλ)) = step``. ``"rate"``: κ = ηλ falls by ``decay_backoff`` (λ by only
+        about √decay_backoff; on digits two such back-offs left the ℓ2 phase 2 at 97% train).
+        """
+        g0 = opt.param_groups[0]
+        zeta, nest = float(g0.get("damping", 1.0)), bool(g0.get("nesterov", False))
+
+        def step_of(eta: float, lam: float) -> float:
+            return eta / max(1 - critical_momentum(eta, lam, zeta, nest), 1e-300)
+
+        if self.backoff_target == "rate":
+            kappa = lr * wd * self.decay_backoff
+            new_lr = lr * (1 - critical_momentum(1.0, kappa, zeta, nest))
+            new_lr /= 1 - critical_momentum(1.0, lr * wd, zeta, nest)
+            return new_lr, kappa / new_lr
+        new_wd = wd * self.decay_backoff
+        target, lo, hi = step_of(lr, wd), 0.0, lr  # step_of(·, new_wd) rises with η
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if step_of(mid, new_wd) < target else (lo, mid)
+        return hi, new_wd
 
     def _event(self, name: str, step: int, rec: dict[str, Any], **info: Any) -> dict[str, Any]:
         ev = {"step": int(step), "event": name, **rec, **info, **self.counts}
