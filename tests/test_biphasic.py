@@ -301,3 +301,16 @@ def test_phase2_scheduler_starts_from_phase_2s_lr_and_leaves_phase_1_alone():
     )
     opt2.load_state_dict(state)
     assert opt2.phase2_scheduler.last_epoch == opt.phase2_scheduler.last_epoch
+
+
+def test_default_phase2_is_the_l2_adam_metric_cdm_with_its_measured_settings():
+    opt = GROKtimizer(_model().parameters())
+    p2 = opt.phase2
+    assert type(p2).__name__ == "AdamCDML2"
+    g = p2.param_groups[0]
+    assert (g["metric_decay"], g["scale_floor"], g["scale_rule"]) == (True, 0.1, "max")
+    assert opt.tuner is not None and opt.tuner.lr_auto and opt.tuner.weight_decay_auto
+    opt = GROKtimizer(_model().parameters(), damping=0.5)
+    assert opt.phase2.param_groups[0]["damping"] == 0.5  # damping reaches AdamCDML2
+    with pytest.raises(ValueError, match="nesterov=True needs a phase 2 of the CDM family"):
+        GROKtimizer(_model().parameters(), nesterov=True)

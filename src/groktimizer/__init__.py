@@ -16,7 +16,7 @@ from .batched import (
     member_spec,
     stack_modules,
 )
-from .biphasic import GROKtimizer, default_phase1
+from .biphasic import GROKtimizer, default_phase1, default_phase2
 from .cdm import CDM, critical_momentum
 from .curvature import auto_lr, hvp, lanczos_top_eigenvalues, top_eigenpair, top_eigenvalue
 from .filters import FilteredOptimizer, GradFilter, GradFilterEMA, GradFilterMA
@@ -51,6 +51,7 @@ __all__ = [
     "GROKtimizer",
     "critical_momentum",
     "default_phase1",
+    "default_phase2",
     "SwitchCriterion",
     "AccuracySwitch",
     "LossSwitch",
