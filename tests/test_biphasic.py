@@ -308,7 +308,7 @@ def test_default_phase2_is_the_l2_adam_metric_cdm_with_its_measured_settings():
     p2 = opt.phase2
     assert type(p2).__name__ == "AdamCDML2"
     g = p2.param_groups[0]
-    assert (g["metric_decay"], g["scale_floor"], g["scale_rule"]) == (True, 0.1, "max")
+    assert (g["metric_decay"], g["scale_floor"], g["scale_rule"]) == (True, 0.1, "first")
     assert opt.tuner is not None and opt.tuner.lr_auto and opt.tuner.weight_decay_auto
     opt = GROKtimizer(_model().parameters(), damping=0.5)
     assert opt.phase2.param_groups[0]["damping"] == 0.5  # damping reaches AdamCDML2
