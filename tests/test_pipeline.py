@@ -194,7 +194,7 @@ def test_default_run_writes_its_files(compose, tmp_path):
         assert key in saved, key
     assert saved["steps"] == 30
     assert saved["code"]["torch_version"]
-    assert saved["config"]["optimizer"]["_target_"] == "groktimizer.AdamCDM"
+    assert saved["config"]["optimizer"]["_target_"] == "groktimizer.AdamCDML2"
 
 
 def _interrupt_at(trainer: Trainer, step: int) -> None:

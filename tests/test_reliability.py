@@ -429,7 +429,7 @@ def test_config_hydra_cannot_compose_is_one_line(compose, overrides, needles):
         (["+experiment=does_not_exist"], "experiment=does_not_exist is not a known option"),
         (["trainer.max_steps=abc"], "trainer.max_steps='abc' is invalid"),
         (["model=transformer", "dataset=digits"], "needs token inputs"),
-        (["optimizer.damping=0"], "optimizer (AdamCDM): AdamCDM: damping"),
+        (["optimizer.damping=0"], "optimizer (AdamCDML2): AdamCDML2: damping"),
     ],
 )
 def test_bad_input_through_train_py(tmp_path, overrides, needle):
