@@ -314,3 +314,13 @@ def test_default_phase2_is_the_l2_adam_metric_cdm_with_its_measured_settings():
     assert opt.phase2.param_groups[0]["damping"] == 0.5  # damping reaches AdamCDML2
     with pytest.raises(ValueError, match="nesterov=True needs a phase 2 of the CDM family"):
         GROKtimizer(_model().parameters(), nesterov=True)
+
+
+def test_rho_switch_without_a_weight_decay_fails_at_construction_when_lambda_is_auto():
+    from groktimizer import AnySwitch, RhoSwitch
+
+    for switch in (RhoSwitch(), AnySwitch(AccuracySwitch(0.999), RhoSwitch())):
+        with pytest.raises(ValueError, match="RhoSwitch needs a weight_decay"):
+            GROKtimizer(_model().parameters(), switch=switch)
+    GROKtimizer(_model().parameters(), switch=RhoSwitch(weight_decay=1.0))  # given: fine
+    GROKtimizer(_model().parameters(), lr=0.1, weight_decay=1e-2, switch=RhoSwitch())  # fixed λ

@@ -39,7 +39,7 @@ from torch.optim import Optimizer
 from .adam_cdm_l2 import AdamCDML2
 from .autotune import Phase2Tuner
 from .cdm import CDM, check_lr, check_weight_decay
-from .switch import AccuracySwitch, SwitchCriterion
+from .switch import AccuracySwitch, RhoSwitch, SwitchCriterion
 from .wrapper import Event, OptimizerWrapper, observe
 
 __all__ = ["GROKtimizer", "default_phase1", "default_phase2"]
@@ -82,6 +82,12 @@ def _normalize_groups(params: Any) -> list[dict[str, Any]]:
 def _sets(factory: Any, key: str) -> bool:
     """Whether a ``functools.partial`` factory already fixes ``key``."""
     return isinstance(factory, functools.partial) and key in factory.keywords
+
+
+def _criteria(criterion: Any) -> list[Any]:
+    """The criterion and, for AnySwitch / AllSwitch, every criterion inside it."""
+    inner = getattr(criterion, "criteria", None) or []
+    return [criterion, *(c for sub in inner for c in _criteria(sub))]
 
 
 def _base(factory: Any) -> Any:
@@ -223,6 +229,14 @@ class GROKtimizer(OptimizerWrapper):
         self.criterion: SwitchCriterion = (
             switch if switch is not None else AccuracySwitch(0.999, patience=3)
         )
+        if self.weight_decay_auto and any(
+            isinstance(c, RhoSwitch) and c.weight_decay is None for c in _criteria(self.criterion)
+        ):
+            raise ValueError(
+                "GROKtimizer: RhoSwitch needs a weight_decay when phase 2's weight_decay is "
+                "'auto' (measured only at the switch); give RhoSwitch(weight_decay=...) or a "
+                "fixed weight_decay"
+            )
         self._curvature_closure = curvature_closure
         self._phase = 1
         self.switch_step: int | None = None
