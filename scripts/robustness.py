@@ -81,7 +81,8 @@ def run_job(
     if finished(job_dir, seeds, steps):
         log(f"{setting} {name}: done already")
         return
-    if results(job_dir) and all(r.get("status") != "interrupted" for r in results(job_dir)):
+    runs = results(job_dir)
+    if runs and all(r.get("status") != "interrupted" for r in runs):
         # ended at a smaller cap: keep those runs, out of the table's tree, and run again
         dest = out.with_name(out.name + "_superseded") / setting / f"{name}.{int(time.time())}"
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -140,24 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - started:7.0f}s] {msg}", flush=True)
 
     # GROKtimizer everywhere first (the suite's first claim: no collapse with one default), then
-    # the baselines, settings in the order given
-    if args.candidate:
-        name, *extra = args.candidate
+    # the baselines, settings in the order given; a candidate runs the first stage alone
+    name, *extra = args.candidate or ["groktimizer"]
 
-        def candidate(setting: str) -> None:
-            steps = SETTINGS[setting]
-            run_job(out, setting, "groktimizer", steps, args.seeds, log, tuple(extra), name)
+    def grok(setting: str) -> None:
+        steps = SETTINGS[setting]
+        run_job(out, setting, "groktimizer", steps, args.seeds, log, tuple(extra), name)
 
-        with ThreadPoolExecutor(args.workers) as pool:
-            list(pool.map(candidate, args.settings))
-        log("all settings done")
-        return 0
     with ThreadPoolExecutor(args.workers) as pool:
-        jobs = [(s, "groktimizer", SETTINGS[s]) for s in args.settings]
-        list(pool.map(lambda j: run_job(out, *j, args.seeds, log), jobs))
-        pairs = [(s, m) for s in args.settings for m in RATIO]
-        jobs = [(s, m, baseline_budget(out, s, m, SETTINGS[s], args.seeds)) for s, m in pairs]
-        list(pool.map(lambda j: run_job(out, *j, args.seeds, log), jobs))
+        list(pool.map(grok, args.settings))
+        if not args.candidate:
+            pairs = [(s, m) for s in args.settings for m in RATIO]
+            jobs = [(s, m, baseline_budget(out, s, m, SETTINGS[s], args.seeds)) for s, m in pairs]
+            list(pool.map(lambda j: run_job(out, *j, args.seeds, log), jobs))
     log("all settings done")
     return 0
 

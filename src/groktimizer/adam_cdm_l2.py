@@ -49,6 +49,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
 from .adam_cdm import AdamCDM
+from .cdm import critical_momentum
 
 __all__ = ["AdamCDML2", "metric_scale", "SCALE_RULES"]
 
@@ -165,14 +166,13 @@ class AdamCDML2(Optimizer):
         if group["momentum"] is not None:
             return float(group["momentum"])
         wd = group["weight_decay"] if group["weight_decay"] > 0 else self.defaults["weight_decay"]
-        if group.get("metric_decay"):  # ηλ'/s = ηλ: s cancels
-            kappa = group["lr"] * wd
-            return max(0.0, 1.0 - group["damping"] * math.sqrt(kappa)) ** 2
-        s = group["metric_scale"]
-        if s is None:
-            raise RuntimeError("AdamCDML2: metric_scale is measured at the first step")
-        kappa = group["lr"] * wd / s
-        return max(0.0, 1.0 - group["damping"] * math.sqrt(kappa)) ** 2
+        kappa = group["lr"] * wd  # with metric_decay ηλ'/s = ηλ: s cancels
+        if not group.get("metric_decay"):  # else the flat mode's curvature is λ/s
+            s = group["metric_scale"]
+            if s is None:
+                raise RuntimeError("AdamCDML2: metric_scale is measured at the first step")
+            kappa = kappa / s
+        return critical_momentum(1.0, kappa, group["damping"])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
