@@ -110,6 +110,30 @@ def test_decay_wins_is_rolled_back_and_lambda_lowered(target):
     assert all("momentum_buffer" not in s for s in opt.state.values())
 
 
+def test_a_fall_to_chance_rolls_back_at_once_a_dip_waits_the_window():
+    """The window lets a dip recover; a fall to within 10% of the first evaluation's accuracy
+    (the fit gone, as decay winning in minibatches looks) is rolled back at the next look."""
+    model, x, y = _fit()
+    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=3.0, switch=StepSwitch(10))
+    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False, collapse_window=300)
+    assert observe(opt, 0, train_acc=0.5, train_loss=0.7, weight_norm=5.0) == []  # chance
+    assert observe(opt, 10, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
+    good = [p.detach().clone() for p in model.parameters()]
+    # a dip to 60% (more than acc_drop, far from chance) waits the window
+    assert observe(opt, 20, train_acc=0.6, train_loss=0.6, weight_norm=4.0) == []
+    assert observe(opt, 30, train_acc=0.56, train_loss=0.65, weight_norm=3.5) == []
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.1)
+    # 0.54 <= 0.5 + 0.1 * (1.0 - 0.5): the fit is gone, 20 steps into a 300-step window
+    (ev,) = observe(opt, 40, train_acc=0.54, train_loss=0.69, weight_norm=0.5)
+    assert ev["event"] == "decay_backoff" and ev["cause"] == "accuracy"
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1.0)
+    for p, g in zip(model.parameters(), good, strict=True):
+        assert torch.equal(p, g)
+    assert opt.tuner.state_dict()["first_acc"] == 0.5
+
+
 def test_non_finite_loss_rolls_back_and_cuts_the_step():
     model, x, y = _fit()
     opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=1.0, switch=StepSwitch(0))

@@ -128,6 +128,9 @@ class Phase2Tuner:
         reprobe_iters: Lanczos iterations of a warm-started re-measurement (≥ 1).
         acc_drop: a fall of train accuracy below the switch's by more than this is "decay
             wins", in (0, 1).
+        collapse_window: steps such a fall must last to count (grokking can pass through a dip
+            of train accuracy that recovers); a fall to within 10% of the first evaluation's
+            accuracy (the fit gone) counts at once.
         decay_backoff, lr_backoff: factors in (0, 1) applied at a rollback.
         backoff_target: what ``decay_backoff`` scales, the decay's fixed point λ
             (``"fixed_point"``) or its rate κ = ηλ (``"rate"``, the rule before); the heavy
@@ -203,6 +206,7 @@ class Phase2Tuner:
         self.eigvec: list[Tensor] | None = None
         self.decayed: list[bool] | None = None  # per group: decay on (λ > 0 at construction)
         self.first_loss: float | None = None
+        self.first_acc: float | None = None  # train accuracy at the first evaluation (chance)
         self.acc_ref: float | None = None
         self.last_probe_step = 0
         self.last_probe_loss: float | None = None
@@ -220,6 +224,8 @@ class Phase2Tuner:
         loss = metrics.get("train_loss")
         if self.first_loss is None and loss is not None and math.isfinite(float(loss)):
             self.first_loss = float(loss)
+            acc = metrics.get("train_acc")
+            self.first_acc = None if acc is None else float(acc)
 
     @property
     def loss_ceiling(self) -> float:
@@ -410,7 +416,19 @@ class Phase2Tuner:
             self.dropped_since = None
         elif self.dropped_since is None:
             self.dropped_since = int(step)
-        acc_lost = dropped and step - self.dropped_since >= self.collapse_window  # type: ignore[operator]
+        # ... unless the fit is gone: 90% of the accuracy phase 1 gained over its first
+        # evaluation lost (a+b mod 97 in minibatches of 256: 99.9% to 10% train within 45 steps
+        # of the switch, norm 129 to 30); waiting the window there cost 300 steps
+        gain = None if self.first_acc is None or acc_ref is None else acc_ref - self.first_acc
+        fit_gone = (
+            dropped
+            and gain is not None
+            and gain > self.acc_drop  # phase 1 gained something to lose (not a switch at once)
+            and acc <= self.first_acc + self.FIT_GONE * gain  # type: ignore[operator]
+        )
+        acc_lost = dropped and (
+            fit_gone or step - self.dropped_since >= self.collapse_window  # type: ignore[operator]
+        )
         # without an accuracy, a loss that climbed a third of the way back to chance while the
         # norm falls is the decay winning
         loss_lost = (
@@ -538,6 +556,8 @@ class Phase2Tuner:
         self.prev_loss = snap["loss"]
 
     # -- checkpoints --------------------------------------------------------------------------
+    FIT_GONE = 0.1  # accuracy back within 10% of the gain over chance: lost, no need to wait
+
     _STATE = (
         "lr",
         "weight_decay",
@@ -545,6 +565,7 @@ class Phase2Tuner:
         "eigvec",
         "decayed",
         "first_loss",
+        "first_acc",
         "acc_ref",
         "last_probe_step",
         "last_probe_loss",
