@@ -8,6 +8,8 @@ differ only in the phase-2 optimizer: the law's λ points share t_switch by cons
 
     python scripts/claims_net.py --plan law_cdm            # one plan, configs run one by one
     python scripts/claims_net.py --plan law_cdm --dry-run  # list what it would run
+    python scripts/claims_net.py --plan cdm_grid --runs outputs/results/claims/cdm_grid_runs.jsonl
+                          # plain CDM, η × λ × ζ × 3 seeds, each run stopped at 99% val
 
 Each phase-2 run appends one JSON line to outputs/results/claims/runs.jsonl (config, status,
 phase-2 steps to 99% val, norm milestones, the curve every `eval_every` steps); a config already
@@ -53,6 +55,9 @@ ETA_CDM = 0.2
 ETA_ADAM = 2e-4
 LAM_CDM = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 LAM_ADAM = (0.15, 0.5, 1.5, 5.0, 15.0)
+CDM_GRID_ETA = (0.1, 0.2, 0.4, 0.7)
+CDM_GRID_LAM = (3e-4, 1e-3, 3e-3)
+CDM_GRID_ZETA = (0.5, 1.0, 2.0)
 
 
 def _cfg(kind, lr, wd, seed, damping=1.0, momentum=None, max_steps=3000, **extra):
@@ -106,6 +111,15 @@ def plans() -> dict[str, list[dict]]:
     def law_low(s: int) -> list[dict]:
         return [_cfg("cdm", ETA_CDM, lam, s, max_steps=4000) for lam in (3e-4, 1e-4)]
 
+    # 2. plain CDM given a fair chance: η up to heavy ball's bound ≈ 4/h_max ≈ 0.77 (h_max ≈ 5.2
+    # at the switch), λ over a decade, ζ around critical; stops at 99% val (t_gen99 only)
+    p["cdm_grid"] = [
+        _cfg("cdm", eta, lam, s, damping=z, max_steps=2500, stop="gen99")
+        for s in (0, 1, 2)
+        for eta in CDM_GRID_ETA
+        for lam in CDM_GRID_LAM
+        for z in CDM_GRID_ZETA
+    ]
     p["law_low"] = law_low(0) + law_low(1)
     p["gd_raw_low"] = [
         _cfg("cdm", ETA_CDM, lam, s, momentum=0.0, max_steps=4000)
@@ -277,6 +291,9 @@ def run_phase2(cfg: dict) -> dict:
             norms[k] = n
             if t_gen99 is None and va >= 0.99:
                 t_gen99 = k
+                if cfg.get("stop") == "gen99":
+                    status = "reached"
+                    break
             if k > 0 and acc < COLLAPSE_ACC:
                 status = "collapsed"
                 break
@@ -307,10 +324,10 @@ def key(cfg: dict) -> str:
     return json.dumps(cfg, sort_keys=True)
 
 
-def done_keys() -> set[str]:
-    if not RUNS.exists():
+def done_keys(path: Path = RUNS) -> set[str]:
+    if not path.exists():
         return set()
-    return {key(json.loads(line)["config"]) for line in RUNS.read_text().splitlines() if line}
+    return {key(json.loads(line)["config"]) for line in path.read_text().splitlines() if line}
 
 
 def hardware() -> str:
@@ -328,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         "--plan-file",
         help="JSON list of configs, re-read before every run (so a running queue can be edited)",
     )
+    ap.add_argument("--runs", type=Path, default=RUNS, help="JSON-lines file the runs append to")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -341,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         todo = [(name, cfg) for name in args.plan for cfg in plans()[name]]
         if args.plan_file:
             todo += [("queue", cfg) for cfg in json.loads(Path(args.plan_file).read_text())]
-        done = done_keys()
+        done = done_keys(args.runs)
         return [(n, c) for n, c in todo if key(c) not in done]
 
     if args.dry_run:
@@ -356,10 +374,11 @@ def main(argv: list[str] | None = None) -> None:
             hardware=hardware(),
             commit=commit,
             command="python scripts/claims_net.py "
-            + (f"--plan {name}" if name != "queue" else f"--plan-file {args.plan_file}"),
+            + (f"--plan {name}" if name != "queue" else f"--plan-file {args.plan_file}")
+            + ("" if args.runs == RUNS else f" --runs {args.runs}"),
             date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
-        with RUNS.open("a") as f:
+        with args.runs.open("a") as f:
             f.write(json.dumps(res) + "\n")
         print(
             f"{name} {res['status']:9s} t_gen99={res['t_gen99_phase2']} "
