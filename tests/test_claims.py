@@ -3,6 +3,7 @@ driver's resume rule."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -318,3 +319,96 @@ def test_adam_cdm_l2_zero_decay_group_takes_the_default_lambda_for_its_momentum(
     w.grad, b.grad = torch.ones(3), torch.ones(2)
     opt.step()
     assert [g["momentum_used"] for g in opt.param_groups] == pytest.approx([beta, beta])
+
+
+def _grid_record(lr, wd, z, seed, status, t_gen99, momentum=0.98):
+    cfg = dict(
+        kind="cdm",
+        lr=lr,
+        weight_decay=wd,
+        damping=z,
+        momentum=None,
+        seed=seed,
+        max_steps=2500,
+        stop="gen99",
+    )
+    return dict(
+        config=cfg,
+        status=status,
+        t_gen99_phase2=t_gen99,
+        momentum=momentum,
+        hardware="cpu",
+        date=f"2026-11-29T00:00:0{seed}Z",
+        commit="abc",
+        plan="cdm_grid",
+        seconds=1.0,
+    )
+
+
+def test_cdm_grid_table_counts_failures_and_gives_a_median_only_where_every_seed_reached(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(ca, "OUT", tmp_path)
+    runs = tmp_path / "grid.jsonl"
+    recs = [
+        _grid_record(0.1, 1e-3, 1.0, 0, "reached", 700),
+        _grid_record(0.1, 1e-3, 1.0, 1, "reached", 900),
+        _grid_record(0.1, 1e-3, 1.0, 2, "reached", 800),
+        _grid_record(0.7, 3e-3, 0.5, 0, "collapsed", None),
+        _grid_record(0.7, 3e-3, 0.5, 1, "reached", 400),
+        _grid_record(0.7, 3e-3, 0.5, 2, "diverged", None),
+    ]
+    runs.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rows = {(r["lr"], r["damping"]): r for r in ca.write_cdm_grid(runs)}
+    good, bad = rows[(0.1, 1.0)], rows[(0.7, 0.5)]
+    assert (good["reached"], good["t_gen99_median"], good["t_gen99_per_seed"]) == (
+        3,
+        800.0,
+        "700,900,800",
+    )
+    assert (bad["reached"], bad["collapsed"], bad["diverged"], bad["t_gen99_median"]) == (
+        1,
+        1,
+        1,
+        None,
+    )
+    assert good["eta_h_over_hb_bound"] == pytest.approx(0.1 * ca.H_SWITCH / (2 * 1.98))
+    md = (tmp_path / "cdm_grid.md").read_text()
+    assert "η 0.1, λ 0.001, ζ 1: median 800" in md and "1 of 2" in md
+
+
+def test_flat_minima_table_takes_each_run_s_first_probe_at_a_level(tmp_path, monkeypatch):
+    cf = _script("claims_flat")
+    monkeypatch.setattr(cf, "RUNS", tmp_path / "flat.jsonl")
+    monkeypatch.setattr(cf.cn, "OUT", tmp_path)
+
+    def probe(step, why, sharp, norm):
+        return dict(
+            step=step,
+            why=why,
+            loss=0.1,
+            train_acc=1.0,
+            val_acc=0.5,
+            weight_norm=norm,
+            sharpness=sharp,
+        )
+
+    recs = [
+        dict(
+            method="adamw5",
+            seed=0,
+            probes=[
+                probe(100, ["loss<=1", "loss<=0.3"], 2.0, 60.0),
+                probe(300, ["loss<=0.1", "t_gen99"], 0.5, 40.0),
+            ],
+        ),
+        dict(method="adamw5", seed=1, probes=[probe(120, ["loss<=1"], 4.0, 70.0)]),
+    ]
+    cf.RUNS.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cf.analyse()
+    rows = {r["at"]: r for r in csv.DictReader((tmp_path / "flat.csv").open())}
+    assert float(rows["loss<=1"]["sharpness"]) == 3.0  # median of 2 and 4
+    assert float(rows["loss<=1"]["weight_norm"]) == 65.0
+    assert rows["loss<=0.1"]["reached"] == "1" and float(rows["loss<=0.1"]["step"]) == 300
+    assert rows["loss<=0.01"]["reached"] == "0" and rows["loss<=0.01"]["sharpness"] == ""
+    assert rows["t_gen99"]["seeds_sharpness"] == "0.5;—"
