@@ -208,6 +208,54 @@ def analyse() -> None:
         )
     (cn.OUT / "flat.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    plot(runs)
+
+
+def plot(runs: list[dict]) -> None:
+    """Sharpness against train loss along each run (probes in step order), t_gen99 marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colours = dict(zip(METHODS, ("C3", "C0", "C2", "C1"), strict=True))
+    for method in METHODS:
+        for i, r in enumerate(x for x in runs if x["method"] == method):
+            pts = [(p["loss"], p["sharpness"]) for p in r["probes"] if p["sharpness"] > 0]
+            if not pts:
+                continue
+            ax.plot(
+                *zip(*pts, strict=True),
+                "o-",
+                ms=3,
+                lw=1,
+                alpha=0.8,
+                color=colours[method],
+                label=method if i == 0 else None,
+            )
+            gen = [p for p in r["probes"] if "t_gen99" in p["why"]]
+            if gen:
+                ax.plot(
+                    gen[0]["loss"],
+                    gen[0]["sharpness"],
+                    "*",
+                    ms=12,
+                    color=colours[method],
+                    markeredgecolor="k",
+                )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="train loss",
+        ylabel="top Hessian eigenvalue",
+        title="a+b mod 97, MLP: sharpness along each run (★ = first 99% val)",
+    )
+    ax.invert_xaxis()
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(cn.OUT / "flat.png", dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
