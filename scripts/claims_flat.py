@@ -185,10 +185,11 @@ def analyse() -> None:
         return "—" if v is None else format(v, spec)
 
     hw = runs[0].get("hardware", "")
+    commits = ", ".join(sorted({r.get("commit", "?") for r in runs}))
     lines = [
         "# Flat minima at matched train loss (issue 16, item 5)",
         "",
-        f"Command: `python scripts/claims_flat.py` then `--analyse`. {hw}",
+        f"Command: `python scripts/claims_flat.py` then `--analyse`. git {commits}; {hw}",
         "",
         "Sharpness = top eigenvalue of the raw training-loss Hessian (Lanczos, "
         f"{SHARP_ITERS} iterations) at the first evaluation (every 10 steps) where each run's "
@@ -276,11 +277,11 @@ def main(argv: list[str] | None = None) -> None:
             res = run(method, seed)
             res.update(
                 hardware=cn.hardware(),
+                commit=cn.code_version(),
                 date=time.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 command="python scripts/claims_flat.py " + " ".join(argv or sys.argv[1:]),
             )
-            with RUNS.open("a") as f:
-                f.write(json.dumps(res) + "\n")
+            cn.append_record(RUNS, res)
             print(
                 f"{method} seed {seed}: {res['status']} t_gen99={res['t_gen99']} "
                 f"probes={len(res['probes'])} {res['seconds']} s",

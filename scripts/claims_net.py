@@ -330,6 +330,18 @@ def done_keys(path: Path = RUNS) -> set[str]:
     return {key(json.loads(line)["config"]) for line in path.read_text().splitlines() if line}
 
 
+def append_record(path: Path, rec: dict) -> None:
+    """One run, one JSON line (the files are append-only: a resumed plan skips what is there)."""
+    with path.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def code_version() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def hardware() -> str:
     return (
         f"{platform.machine()}, {os.cpu_count()} cores shared (cpurun slot), "
@@ -351,9 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     OUT.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    commit = code_version()
 
     def pending() -> list[tuple[str, dict]]:
         todo = [(name, cfg) for name in args.plan for cfg in plans()[name]]
@@ -378,8 +388,7 @@ def main(argv: list[str] | None = None) -> None:
             + ("" if args.runs == RUNS else f" --runs {args.runs}"),
             date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
-        with args.runs.open("a") as f:
-            f.write(json.dumps(res) + "\n")
+        append_record(args.runs, res)
         print(
             f"{name} {res['status']:9s} t_gen99={res['t_gen99_phase2']} "
             f"steps={res['steps_run']} {res['seconds']} s {cfg}",
