@@ -260,7 +260,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _header(runs: list[dict], title: str) -> list[str]:
+def _header(runs: list[dict], title: str, commands: str | None = None) -> list[str]:
     hw = sorted({r["hardware"] for r in runs})
     dates = sorted(r["date"] for r in runs)
     commits = sorted({r["commit"] for r in runs})
@@ -269,7 +269,8 @@ def _header(runs: list[dict], title: str) -> list[str]:
     return [
         f"# {title}",
         "",
-        "- commands: "
+        commands
+        or "- commands: "
         + "; ".join(
             "`python scripts/claims_queue.py && python scripts/claims_net.py --plan-file "
             "outputs/claims_queue.json`"
@@ -587,12 +588,14 @@ def write_cdm_grid(path: Path = GRID_RUNS) -> list[dict]:
                 budget=sum(r["status"] == "budget" for r in rs),
                 t_gen99_per_seed=",".join("—" if g is None else str(g) for g in gens),
                 t_gen99_median=_median(gens) if all(g is not None for g in gens) else None,
+                _gens=gens,
             )
         )
-    lines = _header(runs, "Plain CDM given a fair chance: η × λ × ζ (raw metric)")
-    lines[2] = (
-        "- command: `python scripts/claims_net.py --plan cdm_grid --runs "
-        "outputs/results/claims/cdm_grid_runs.jsonl`; then `python scripts/claims_analysis.py`"
+    lines = _header(
+        runs,
+        "Plain CDM given a fair chance: η × λ × ζ (raw metric)",
+        commands="- command: `python scripts/claims_net.py --plan cdm_grid --runs "
+        "outputs/results/claims/cdm_grid_runs.jsonl`; then `python scripts/claims_analysis.py`",
     )
     lines += [
         f"Each run stops at its first 99% validation accuracy (budget 2,500 phase-2 steps). "
@@ -626,9 +629,8 @@ def write_cdm_grid(path: Path = GRID_RUNS) -> list[dict]:
         xs, ys = [], []
         for r in rows:
             if r["damping"] == z and r["t_gen99_median"] is not None:
-                for g in r["t_gen99_per_seed"].split(","):
-                    xs.append(r["eta_lambda"])
-                    ys.append(float(g))
+                xs += [r["eta_lambda"]] * len(r["_gens"])
+                ys += r["_gens"]
         if len(set(xs)) < 2:
             continue
         slope, (lo, hi) = bootstrap_slope(xs, ys)

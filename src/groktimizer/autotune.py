@@ -140,6 +140,8 @@ class Phase2Tuner:
         fallback_lr: η when no closure is available to measure curvature (None: an error).
     """
 
+    FIT_GONE = 0.1  # accuracy back within 10% of the gain over chance: lost, no need to wait
+
     def __init__(
         self,
         lr_auto: bool = True,
@@ -556,8 +558,6 @@ class Phase2Tuner:
         self.prev_loss = snap["loss"]
 
     # -- checkpoints --------------------------------------------------------------------------
-    FIT_GONE = 0.1  # accuracy back within 10% of the gain over chance: lost, no need to wait
-
     _STATE = (
         "lr",
         "weight_decay",
