@@ -412,3 +412,59 @@ def test_flat_minima_table_takes_each_run_s_first_probe_at_a_level(tmp_path, mon
     assert rows["loss<=0.1"]["reached"] == "1" and float(rows["loss<=0.1"]["step"]) == 300
     assert rows["loss<=0.01"]["reached"] == "0" and rows["loss<=0.01"]["sharpness"] == ""
     assert rows["t_gen99"]["seeds_sharpness"] == "0.5;—"
+
+
+def _tf_result(path: Path, target: str, lr, wd, seed, *, t99=None, status="completed", **kw):
+    opt = {"_target_": target, "lr": lr, "weight_decay": wd, "damping": kw.pop("damping", 1.0)}
+    if "momentum" in kw:
+        opt["momentum"] = kw.pop("momentum")
+    rec = {
+        "config": {"optimizer": opt},
+        "events": kw.pop("events", [{"event": "switch", "step": 140}]),
+        "seed": seed,
+        "status": status,
+        "t_switch": 140,
+        "t_interp": 120,
+        "t_gen99": t99,
+        "steps": t99 or 1500,
+        "final_train_acc": kw.pop("train_acc", 1.0),
+        "final_weight_norm": 30.0,
+        "code": {"git_commit": "0123456789abcdef"},
+    }
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps(rec))
+
+
+def test_transformer_claims_count_every_outcome_and_fit_the_law_on_reached_runs(tmp_path):
+    ct = _script("claims_tf")
+    cdm, l2 = "groktimizer.CDM", "groktimizer.AdamCDML2"
+    # raw CDM zeta 1 on an exact law k = 10 / sqrt(eta*lam): slope -0.5 whatever the eta
+    for i, (lr, wd) in enumerate([(0.01, 1e-3), (0.03, 1e-3), (0.03, 1e-2)]):
+        k = round(10 / math.sqrt(lr * wd))
+        _tf_result(tmp_path / f"law{i}", cdm, lr, wd, 0, t99=140 + k)
+    _tf_result(tmp_path / "div", cdm, 0.1, 1e-3, 0, status="diverged")
+    _tf_result(tmp_path / "col", cdm, 0.03, 1e-2, 1, train_acc=0.3)
+    _tf_result(tmp_path / "b0", l2, 2e-4, 5, 0, momentum=0.0)  # not reached: counted, not fitted
+    auto = [{"event": "switch", "step": 140, "auto_lr": {"lr": 0.15, "weight_decay": 0.006}}]
+    _tf_result(tmp_path / "auto", cdm, "auto", "auto", 2, t99=440, events=auto)
+    _tf_result(tmp_path / "run", cdm, 0.03, 1e-3, 1, t99=None, status="running")  # skipped
+    runs = ct.load([tmp_path])
+    assert len(runs) == 7
+    by = {(r["family"], r["eta"], r["lam"], r["seed"]): r for r in runs}
+    assert by[("raw CDM zeta=1", 0.1, 1e-3, 0)]["outcome"] == "diverged"
+    assert by[("raw CDM zeta=1", 0.03, 1e-2, 1)]["outcome"] == "collapsed"
+    assert by[("Adam-l2 beta=0", 2e-4, 5.0, 0)]["outcome"] == "not reached"
+    assert by[("raw CDM zeta=1 auto", 0.15, 0.006, 2)]["k99"] == 300
+    cells = {(c["family"], c["eta"], c["lam"]): c for c in ct.cells(runs)}
+    mixed = cells[("raw CDM zeta=1", 0.03, 1e-2)]
+    assert (mixed["runs"], mixed["reached"], mixed["collapsed"], mixed["median_k99"]) == (
+        2,
+        1,
+        1,
+        None,
+    )
+    assert cells[("raw CDM zeta=1", 0.01, 1e-3)]["median_k99"] == round(10 / math.sqrt(1e-5))
+    fits = {f["family"]: f for f in ct.fits(runs)}
+    assert fits["raw CDM zeta=1"]["reached"] == 3
+    assert fits["raw CDM zeta=1"]["slope"] == pytest.approx(-0.5, abs=2e-3)
+    assert fits["Adam-l2 beta=0"]["slope"] is None
