@@ -131,26 +131,31 @@ OUTCOMES = ("reached", "diverged", "collapsed", "not reached")
 
 
 def fits(runs: list[dict]) -> list[dict]:
-    """Slope of log phase-2 steps on log ηλ per family, on reached runs (≥ 2 distinct ηλ)."""
-    out = []
+    """Slope of log phase-2 steps on log ηλ on reached runs: per family (pooled over η), and
+    per (family, η) where one η has reached runs at ≥ 3 values of λ and the family has more η."""
+    groups: list[tuple[str, float | None]] = []
     for fam in sorted({r["family"] for r in runs if "auto" not in r["family"]}):
-        rs = [r for r in runs if r["family"] == fam]
+        groups.append((fam, None))
+        etas = sorted({r["eta"] for r in runs if r["family"] == fam})
+        for eta in etas if len(etas) > 1 else []:
+            lams = {r["lam"] for r in runs if (r["family"], r["eta"]) == (fam, eta) and r["k99"]}
+            if len(lams) >= 3:
+                groups.append((fam, eta))
+    out = []
+    for fam, eta in groups:
+        rs = [r for r in runs if r["family"] == fam and eta in (None, r["eta"])]
         ok = [r for r in rs if r["k99"] is not None]
         xs = sorted({r["eta_lam"] for r in ok})
-        if len(xs) < 2:
-            out.append({"family": fam, "runs": len(rs), "reached": len(ok), "slope": None})
-            continue
-        slope, (lo, hi) = bootstrap_slope([r["eta_lam"] for r in ok], [r["k99"] for r in ok])
-        out.append(
-            {
-                "family": fam,
-                "runs": len(rs),
-                "reached": len(ok),
-                "eta_lam_range": f"{xs[0]:.2g} .. {xs[-1]:.2g}",
-                "slope": round(slope, 3),
-                "ci95": f"[{lo:.2f}, {hi:.2f}]",
-            }
-        )
+        row = {"family": fam, "eta": "pooled" if eta is None else eta, "runs": len(rs)}
+        row.update(reached=len(ok), eta_lam_range=None, slope=None, ci95=None)
+        if len(xs) >= 2:
+            slope, (lo, hi) = bootstrap_slope([r["eta_lam"] for r in ok], [r["k99"] for r in ok])
+            row.update(
+                eta_lam_range=f"{xs[0]:.2g} .. {xs[-1]:.2g}",
+                slope=round(slope, 3),
+                ci95=f"[{lo:.2f}, {hi:.2f}]",
+            )
+        out.append(row)
     return out
 
 
@@ -195,6 +200,10 @@ def main() -> None:
         raise SystemExit(f"claims_tf: no results.json under {', '.join(map(str, SOURCES))}")
     OUT.mkdir(parents=True, exist_ok=True)
     grid, fit = cells(runs), fits(runs)
+    _write_csv(
+        OUT / "tf_runs.csv",
+        sorted(runs, key=lambda r: (r["family"], r["eta"], r["lam"], r["seed"])),
+    )
     _write_csv(OUT / "tf_cells.csv", grid)
     _write_csv(OUT / "tf_fits.csv", fit)
     plot(runs, OUT / "tf_fits.png")
@@ -219,7 +228,7 @@ def main() -> None:
         "",
         *_table(fit),
         "",
-        "Figure: `tf_fits.png`. Commands:",
+        "Every run: `tf_runs.csv`. Figure: `tf_fits.png`. Commands:",
         "",
         COMMANDS,
     ]
