@@ -50,6 +50,9 @@ COMMANDS = """\
 """
 
 
+OUTCOMES = ("reached", "diverged", "collapsed", "not reached")
+
+
 def outcome(r: dict) -> str:
     if r.get("t_gen99") is not None:
         return "reached"
@@ -88,12 +91,9 @@ def record(r: dict) -> dict:
 
 
 def load(sources=SOURCES) -> list[dict]:
-    found = [json.loads(p) for src in sources for p in _files(src)]
+    paths = [p for src in sources for p in sorted(Path(src).glob("**/results.json"))]
+    found = [json.loads(p.read_text()) for p in paths]
     return [record(r) for r in found if r.get("status") not in ("running", "interrupted")]
-
-
-def _files(src: Path) -> list[str]:
-    return [p.read_text() for p in sorted(Path(src).glob("**/results.json"))]
 
 
 def cells(runs: list[dict]) -> list[dict]:
@@ -121,13 +121,10 @@ def cells(runs: list[dict]) -> list[dict]:
                     str(r["k99"]) if r["k99"] is not None else f"{r['outcome']} (s{r['seed']})"
                     for r in rs
                 ),
-                "budget": max(r["steps"] for r in rs),
+                "most_steps_run": max(r["steps"] for r in rs),
             }
         )
     return rows
-
-
-OUTCOMES = ("reached", "diverged", "collapsed", "not reached")
 
 
 def fits(runs: list[dict]) -> list[dict]:
