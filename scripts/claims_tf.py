@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from groktimizer.analysis.tables import collapsed
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claims_analysis import _fmt, _write_csv, bootstrap_slope  # noqa: E402
 
@@ -58,7 +60,7 @@ def outcome(r: dict) -> str:
         return "reached"
     if r.get("status") == "diverged":
         return "diverged"
-    if r.get("t_interp") is not None and (r.get("final_train_acc") or 0.0) < 0.9:
+    if collapsed(r):
         return "collapsed"
     return "not reached"
 
@@ -135,7 +137,11 @@ def fits(runs: list[dict]) -> list[dict]:
         groups.append((fam, None))
         etas = sorted({r["eta"] for r in runs if r["family"] == fam})
         for eta in etas if len(etas) > 1 else []:
-            lams = {r["lam"] for r in runs if (r["family"], r["eta"]) == (fam, eta) and r["k99"]}
+            lams = {
+                r["lam"]
+                for r in runs
+                if (r["family"], r["eta"]) == (fam, eta) and r["k99"] is not None
+            }
             if len(lams) >= 3:
                 groups.append((fam, eta))
     out = []

@@ -268,6 +268,17 @@ def value_of(run: dict[str, Any], metric: str) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
+def collapsed(run: dict[str, Any], target: str = "t_gen99") -> bool:
+    """Interpolated at some point, then the fit was lost (decay won): a finished run that did not
+    reach ``target`` and ended below 90% train accuracy."""
+    return (
+        run.get(target) is None
+        and run.get("t_interp") is not None
+        and (value_of(run, "final_train_acc") or 0.0) < 0.9
+        and run.get("status") in ("completed", "reached-target")
+    )
+
+
 def summarize(runs: Sequence[dict[str, Any]], metrics: Sequence[str], target: str = "t_gen99"):
     """Counts and median / quartiles of `metrics` over `runs` (nothing is dropped silently).
 
@@ -284,15 +295,7 @@ def summarize(runs: Sequence[dict[str, Any]], metrics: Sequence[str], target: st
         1 for h, s in zip(hit, status, strict=True) if not h and s in ("interrupted", "running")
     )
     out["invalid"] = sum(1 for s in status if s == "invalid")
-    # interpolated at some point, then the fit was lost (decay won): a subset of not_reached
-    out["collapsed"] = sum(
-        1
-        for h, r in zip(hit, runs, strict=True)
-        if not h
-        and r.get("t_interp") is not None
-        and (value_of(r, "final_train_acc") or 0.0) < 0.9
-        and r.get("status") in ("completed", "reached-target")
-    )
+    out["collapsed"] = sum(collapsed(r, target) for r in runs)  # a subset of not_reached
     out["not_reached"] = (
         out["n"] - out["reached"] - out["diverged"] - out["incomplete"] - out["invalid"]
     )
