@@ -67,6 +67,37 @@ def test_adam_cdm_curvature_is_that_of_the_preconditioned_loss():
     assert opt.auto_lr_record["preconditioned"] is True
 
 
+@pytest.mark.parametrize("cos", [None, 0.0, 0.6, 1.0])
+def test_step_cap_loosens_with_the_gradients_agreement(cos):
+    """Default phase 2 (AdamCDML2), curvature bound far above the step cap: η = the cap times
+    1/(1 − cos²), cos between the last step's gradient and the closure's, up to half the bound
+    at the cap's λ; no last gradient (or an orthogonal one) keeps the cap."""
+    H, w, loss = _quadratic([2.0, 1.0, 0.5])
+    opt = GROKtimizer([w], switch=StepSwitch(0))
+    st = opt.phase1.state[w]
+    st["exp_avg_sq"], st["exp_avg"] = torch.full_like(w, 1 - 0.98), torch.zeros_like(w)
+    st["step"] = torch.tensor(1.0)  # v̂ = 1: Adam's metric is the identity, h = 2
+    full = (H @ w).detach()
+    if cos is not None:
+        other = torch.randn(3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        other -= (other @ full) / (full @ full) * full  # orthogonal to the full gradient
+        w.grad = cos * full / full.norm() + math.sqrt(1 - cos**2) * other / other.norm()
+    (ev,) = observe(opt, 0, closure=loss)
+    rec = ev["auto_lr"]
+    assert rec["h_max"] == pytest.approx(2.0, rel=1e-6)
+    beta = critical_momentum(1.0, 1e-3)
+    cap = 3.0 * 1e-3 * (1 - beta)  # 3 x phase 1's Adam step x (1 - β(κ))
+    assert rec["weight_decay"] == pytest.approx(1e-3 / cap)  # λ from the cap whatever η is
+    bound = stable_lr(2.0, rec["weight_decay"], 0.5)  # half the bound beyond the cap
+    factor = 1.0 if not cos else 1 / max(1 - cos**2, 1e-12)
+    assert rec["lr"] == pytest.approx(min(bound, cap * factor), rel=1e-6)
+    assert rec["noise_factor"] == pytest.approx(factor, rel=1e-6)
+    assert opt.param_groups[0]["lr"] == rec["lr"]
+    if cos == 1.0:  # at half the bound: η·(h + λ) = B(β)/2 with β from ηλ itself
+        b = opt.param_groups[0]["momentum_used"]
+        assert rec["lr"] * (2.0 + rec["weight_decay"]) == pytest.approx(1 + b, rel=1e-6)
+
+
 def _fit(seed=0):
     torch.manual_seed(seed)
     x = torch.randn(64, 5)
@@ -132,6 +163,40 @@ def test_a_fall_to_chance_rolls_back_at_once_a_dip_waits_the_window():
     for p, g in zip(model.parameters(), good, strict=True):
         assert torch.equal(p, g)
     assert opt.tuner.state_dict()["first_acc"] == 0.5
+
+
+def test_a_fall_still_recovering_at_the_window_keeps_its_weights_a_stalled_one_rolls_back():
+    """A fall that lasts the window lowers λ; while its train loss still comes down (10% over a
+    third of the window) the weights are kept (the fit is being rebuilt at a lower norm), and
+    a new window starts; once the loss stalls past it, the rollback follows."""
+    model, x, y = _fit()
+    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=3.0, switch=StepSwitch(0))
+    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False, collapse_window=30)
+    assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
+    assert observe(opt, 5, train_acc=1.0, train_loss=0.02, weight_norm=4.9) == []  # good state
+    good = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    fallen = [p.detach().clone() for p in model.parameters()]
+    for step, acc, loss in [(10, 0.60, 2.0), (20, 0.58, 2.5), (30, 0.62, 2.2)]:
+        assert observe(opt, step, train_acc=acc, train_loss=loss, weight_norm=2.5) == [], step
+    # the window is over at 40; the loss fell 2.2 -> 1.8 (< 0.9 x 2.2) since step 30
+    (ev,) = observe(opt, 40, train_acc=0.66, train_loss=1.8, weight_norm=2.5)
+    assert ev["event"] == "decay_backoff" and ev["weights_changed"] is False
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1.0)
+    for p, f in zip(model.parameters(), fallen, strict=True):
+        assert torch.equal(p, f)  # kept
+    for step, loss in [(50, 1.5), (60, 1.45)]:  # inside the new window
+        assert observe(opt, step, train_acc=0.7, train_loss=loss, weight_norm=2.5) == [], step
+    assert opt.tuner.state_dict()["drop_losses"] == [(50, 1.5), (60, 1.45)]
+    # 70: the new window is over and 1.44 > 0.9 x 1.45: stalled, rolled back, λ cut again
+    (ev,) = observe(opt, 70, train_acc=0.70, train_loss=1.44, weight_norm=2.5)
+    assert ev["event"] == "decay_backoff" and ev["weights_changed"] is True
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1 / 3)
+    for p, g in zip(model.parameters(), good, strict=True):
+        assert torch.equal(p, g)
+    assert opt.tuner.state_dict()["drop_losses"] == []  # cleared with the rollback
 
 
 def test_non_finite_loss_rolls_back_and_cuts_the_step():

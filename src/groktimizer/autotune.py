@@ -20,11 +20,16 @@ is, and β = ``(1 − ζ√κ)²`` no longer depends on η, so ``η·h + κ = f�
 form and ``λ = κ/η``. ``κ`` (``flat_rate``) is dimensionless, so it carries from one model to
 another better than λ does. Where decay still wins, it is detected and undone:
 
-    train accuracy < acc_ref − acc_drop at two observations running (or < acc_ref − 3·acc_drop
-    once), or, without an accuracy, a rising loss above 0.3 × the first loss while the norm falls
+    train accuracy < acc_ref − acc_drop for ``collapse_window`` steps with the train loss no
+    longer falling (10% over the last third of the window), or at once when the accuracy is back
+    near its first evaluation's (the fit gone), or, without an accuracy, a rising loss above
+    0.3 × the first loss while the norm falls
         -> "decay_backoff": weights and optimizer state := last good snapshot, momentum := 0,
            λ := decay_backoff · λ with η lowered so that the step η/(1 − β) stays (and
            η := lr_backoff · η when it failed again before any good state, or when λ is 0)
+    the same fall for ``collapse_window`` steps with the train loss still falling
+        -> "decay_backoff" in place: λ and η lowered as above, weights and momentum kept
+           (``weights_changed: False``), and a new window starts
     loss non-finite, or loss > blowup · max(L_snapshot, 0.1 × first loss) with the norm not
     falling
         -> "lr_backoff": the same rollback, curvature re-measured from a fresh start,
@@ -60,6 +65,12 @@ LR_AUTO_SAFETY_RANGE = (0.0, 2.0)  # c in η = c/(h + λ); heavy ball is stable 
 # the bound (0.93e-4) takes 870.
 RAW_FRACTION = 0.5
 PRECONDITIONED_FRACTION = 1.0
+# Beyond the step cap (full-batch gradients, see Phase2Tuner's loosen_cap) η goes to half the
+# bound only: there the curvature measured at the switch understates what binds a few steps
+# later on transformers (1-layer: loss 0.013 -> 2.9 ten steps after the switch at the bound,
+# 340 steps to 99% against 290 at half of it; 2-layer: a blow-up and rollback 10 steps after).
+# Sparse parity, at half the bound: 570 (at the bound 440, capped 780).
+LOOSENED_FRACTION = 0.5
 LossClosure = Callable[[], Tensor]
 
 
@@ -129,7 +140,8 @@ class Phase2Tuner:
         acc_drop: a fall of train accuracy below the switch's by more than this is "decay
             wins", in (0, 1).
         collapse_window: steps such a fall must last to count (grokking can pass through a dip
-            of train accuracy that recovers); a fall to within 10% of the first evaluation's
+            of train accuracy that recovers), and past them it counts only once the train loss
+            stops falling (``RECOVERY``); a fall to within 10% of the first evaluation's
             accuracy (the fit gone) counts at once.
         decay_backoff, lr_backoff: factors in (0, 1) applied at a rollback.
         backoff_target: what ``decay_backoff`` scales, the decay's fixed point λ
@@ -138,9 +150,15 @@ class Phase2Tuner:
         blowup: loss ratio (> 1) over the good state's loss that counts as a blow-up.
         lr_auto_safety: legacy rule ``η = c/(h + λ)`` with c in (0, 2) (None: the bound rule).
         fallback_lr: η when no closure is available to measure curvature (None: an error).
+        step_cap: in Adam's metric, η/(1 − β) at most this many times phase 1's Adam step
+            (None: no cap); λ = κ/(the capped η) with ``weight_decay_auto``.
+        loosen_cap: with ``weight_decay_auto``, loosen the cap by 1/(1 − cos²), cos between the
+            last step's gradient and the closure's full-batch gradient at the switch (1 + the
+            gradient's signal-to-noise ratio), up to half the curvature's bound at the cap's λ.
     """
 
     FIT_GONE = 0.1  # accuracy back within 10% of the gain over chance: lost, no need to wait
+    RECOVERY = 0.9  # a fall whose loss fell 10% over a third of the window is still recovering
 
     def __init__(
         self,
@@ -160,6 +178,7 @@ class Phase2Tuner:
         fallback_lr: float | None = None,
         step_cap: float | None = 3.0,
         backoff_target: str = "fixed_point",
+        loosen_cap: bool = True,
     ) -> None:
         owner = "Phase2Tuner"
         if backoff_target not in ("fixed_point", "rate"):
@@ -187,6 +206,9 @@ class Phase2Tuner:
         if step_cap is not None:
             _real(owner, "step_cap", step_cap, 0.0, math.inf, "None or a float > 0")
         self.step_cap = None if step_cap is None else float(step_cap)
+        if not isinstance(loosen_cap, bool):
+            raise ValueError(f"{owner}: loosen_cap must be a bool, got {loosen_cap!r}")
+        self.loosen_cap = loosen_cap
         self.lr_auto = bool(lr_auto)
         self.weight_decay_auto = bool(weight_decay_auto)
         self.lr_fraction_given = None if lr_fraction is None else float(lr_fraction)
@@ -219,7 +241,10 @@ class Phase2Tuner:
         self.lr_ceiling: float | None = None  # η never rises above its value at the switch
         self.failed_since_good = False
         self.dropped_since: int | None = None
+        self.drop_losses: list[tuple[int, float]] = []  # (step, train loss) during a fall
         self.counts = {"decay_backoffs": 0, "lr_backoffs": 0, "probes": 0}
+        self.grad_agreement: float | None = None  # |cos(last step's gradient, full-batch one)|
+        self.noise_factor = 1.0  # 1/(1 − cos²): how far the step cap may loosen
 
     # -- phase 1: only remember the scale of the loss ------------------------------------------
     def observe_phase1(self, metrics: dict[str, Any]) -> None:
@@ -259,6 +284,9 @@ class Phase2Tuner:
         self.weight_decay = float(opt.defaults.get("weight_decay", g0.get("weight_decay", 0.0)))
         if self.lr_auto:
             self._probe(opt, closure, self.probe_iters, warm=False)
+            cap_on = self.step_cap is not None and _preconditioned(opt)
+            if self.loosen_cap and self.weight_decay_auto and cap_on:
+                self._measure_noise(opt, closure)
         record = self._set(opt, reason="switch")
         self.lr_ceiling = self.lr
         self.last_probe_step = int(step)
@@ -318,6 +346,45 @@ class Phase2Tuner:
             return lr, self.flat_rate / lr
         return stable_lr(h, wd, self.lr_fraction, damping, nesterov, momentum), wd
 
+    def _loosened_bound(self, opt: Optimizer, wd: float) -> float:
+        """η at ``LOOSENED_FRACTION`` of heavy ball's bound for the switch's curvature, λ held at
+        ``wd``: how far a loosened cap may go."""
+        g0 = opt.param_groups[0]
+        damping = float(g0.get("damping", 1.0))
+        nesterov = bool(g0.get("nesterov", False))
+        h = abs(float(self.h))  # type: ignore[arg-type]
+        f = min(self.lr_fraction, LOOSENED_FRACTION)
+        return stable_lr(h, wd, f, damping, nesterov, g0.get("momentum"))
+
+    @torch.no_grad()
+    def _measure_noise(self, opt: Optimizer, closure: LossClosure | None) -> None:
+        """``noise_factor`` = 1/(1 − cos²) = 1 + SNR, cos between the gradient of the last step
+        (``p.grad``: a minibatch's in a minibatch loop) and the closure's full-batch gradient
+        (one extra backward). 1 (no loosening of the step cap) without either."""
+        self.grad_agreement, self.noise_factor = None, 1.0
+        params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+        params = [p for p in params if p.grad is not None]
+        if closure is None or not params:
+            return
+        with torch.enable_grad():
+            full = torch.autograd.grad(closure(), params, allow_unused=True)
+        dot = nn = ff = 0.0
+        for p, f in zip(params, full, strict=True):
+            if f is None:
+                continue
+            g = p.grad.detach().double()  # type: ignore[union-attr]
+            f = f.detach().double()
+            dot, nn, ff = (
+                dot + float((g * f).sum()),
+                nn + float(g.pow(2).sum()),
+                ff + float(f.pow(2).sum()),
+            )
+        if nn <= 0 or ff <= 0 or not math.isfinite(dot * nn * ff):
+            return
+        cos2 = min(dot * dot / (nn * ff), 1.0)
+        self.grad_agreement = math.sqrt(cos2)
+        self.noise_factor = 1.0 / max(1.0 - cos2, 1e-12)
+
     def _cap(self, opt: Optimizer, lr: float, wd: float) -> float:
         """Adam-metric heavy ball moves at about η/(1 − β) a step, Adam at its lr: keep phase 2
         within ``step_cap`` times phase 1's step (minibatch noise, not curvature, binds there)."""
@@ -343,7 +410,7 @@ class Phase2Tuner:
         else:
             new_lr, new_wd = float(self.lr), float(self.weight_decay)  # type: ignore[arg-type]
         if self.lr_auto:
-            new_lr = self._cap(opt, new_lr, new_wd)
+            free_lr, new_lr = new_lr, self._cap(opt, new_lr, new_wd)
             if self.weight_decay_auto and reason == "switch":
                 # In Adam's metric λ is tied to the capped step (phase 1's Adam step), not to
                 # the curvature: S·H·S grows as Adam's v decays after interpolation, so κ/η
@@ -351,6 +418,13 @@ class Phase2Tuner:
                 # vs 5.8 at step 90 on a+b mod 97) and decay won. η stays the curvature's.
                 ref = self._cap(opt, math.inf, new_wd) if _preconditioned(opt) else new_lr
                 new_wd = self.flat_rate / (ref if math.isfinite(ref) else new_lr)
+                if free_lr > new_lr and self.noise_factor > 1:
+                    # the cap is for gradient noise: with a gradient that agrees with the
+                    # full-batch one it loosens by 1 + SNR, up to half the curvature's bound at
+                    # this λ (ηλ then exceeds κ: the flat mode contracts faster); never below
+                    # the cap
+                    loose = min(self._loosened_bound(opt, new_wd), new_lr * self.noise_factor)
+                    new_lr = max(new_lr, loose)
         if lr is not None:
             new_lr = min(new_lr, lr)
         if self.lr_ceiling is not None and reason != "switch":
@@ -370,6 +444,8 @@ class Phase2Tuner:
             "hvps": self._take_hvps(),
             "preconditioned": _preconditioned(opt),
             "step_cap": self.step_cap if _preconditioned(opt) else None,
+            "grad_agreement": self.grad_agreement,
+            "noise_factor": self.noise_factor,
         }
 
     def _take_hvps(self) -> int:
@@ -415,9 +491,10 @@ class Phase2Tuner:
         # collapse_window steps.
         dropped = acc is not None and acc_ref is not None and acc < acc_ref - self.acc_drop
         if not dropped:
-            self.dropped_since = None
+            self.dropped_since, self.drop_losses = None, []
         elif self.dropped_since is None:
             self.dropped_since = int(step)
+        recovering = dropped and self._recovering(int(step), loss)
         # ... unless the fit is gone: 90% of the accuracy phase 1 gained over its first
         # evaluation lost (a+b mod 97 in minibatches of 256: 99.9% to 10% train within 45 steps
         # of the switch, norm 129 to 30); waiting the window there cost 300 steps
@@ -428,9 +505,16 @@ class Phase2Tuner:
             and gain > self.acc_drop  # phase 1 gained something to lose (not a switch at once)
             and acc <= self.first_acc + self.FIT_GONE * gain  # type: ignore[operator]
         )
-        acc_lost = dropped and (
-            fit_gone or step - self.dropped_since >= self.collapse_window  # type: ignore[operator]
-        )
+        # ... and a fall whose loss is still coming down is the fit being rebuilt at a lower
+        # norm: decay was too strong (the fall lasted), but the weights are worth keeping
+        # (minibatches of 256: train accuracy 99.9% -> 70% -> 80% over 300 steps with the loss
+        # falling 2.5 -> 1.9; the rollback at the window's end threw that away and the run
+        # grokked 1,000 steps later). Then λ is lowered in place; kept as it was, the run
+        # recovered to a fixed point 3 points short of 99% validation (a-b mod 71, batch 128)
+        since = self.dropped_since
+        window_over = since is not None and step - since >= self.collapse_window
+        acc_lost = dropped and (fit_gone or (window_over and not recovering))
+        soften = dropped and window_over and recovering and not fit_gone and bool(self.weight_decay)
         # without an accuracy, a loss that climbed a third of the way back to chance while the
         # norm falls is the decay winning
         loss_lost = (
@@ -443,7 +527,7 @@ class Phase2Tuner:
         )
         if (blown or acc_lost or loss_lost) and snap is not None:
             self._rollback(opt)
-            self.dropped_since = None
+            self.dropped_since, self.drop_losses = None, []
             old_lr, old_wd = self.lr, self.weight_decay
             lr_cut = blown or self.failed_since_good or not old_wd
             if blown and self.lr_auto:
@@ -471,6 +555,26 @@ class Phase2Tuner:
                     cause="blow-up" if blown else ("accuracy" if acc_lost else "loss"),
                 )
             )
+        elif soften and not blown:
+            old_lr, old_wd = self.lr, self.weight_decay
+            new_lr, self.weight_decay = self._backed_off(opt, float(old_lr), float(old_wd))  # type: ignore[arg-type]
+            self.lr_ceiling = min(self.lr_ceiling or math.inf, new_lr)
+            self.counts["decay_backoffs"] += 1
+            self.dropped_since, self.drop_losses = int(step), []  # a new window from here
+            rec = self._set(opt, "decay_backoff")
+            ev = self._event(
+                "decay_backoff",
+                step,
+                rec,
+                train_acc=acc,
+                loss=loss,
+                weight_norm=wn,
+                lr_before=old_lr,
+                weight_decay_before=old_wd,
+                cause="accuracy, recovering (weights kept)",
+            )
+            ev["weights_changed"] = False
+            events.append(ev)
         else:
             good = acc is None or acc_ref is None or acc >= acc_ref - self.acc_drop / 4
             good = good and loss is not None and math.isfinite(loss)
@@ -499,6 +603,18 @@ class Phase2Tuner:
         if loss is not None and math.isfinite(loss):
             self.prev_loss = loss
         return events
+
+    def _recovering(self, step: int, loss: float | None) -> bool:
+        """During a fall of train accuracy: has the train loss come down by ``RECOVERY`` over
+        the last third of the collapse window? (A stalled or worsening fall has not; a loss
+        that keeps falling that fast must soon bring the accuracy back.)"""
+        if loss is None or not math.isfinite(loss):
+            return False
+        back = step - self.collapse_window // 3
+        past = [(s, v) for s, v in self.drop_losses if s <= back]
+        self.drop_losses = past[-1:] + [(s, v) for s, v in self.drop_losses if s > back]
+        self.drop_losses.append((step, loss))
+        return bool(past) and loss < self.RECOVERY * past[-1][1]
 
     def _backed_off(self, opt: Optimizer, lr: float, wd: float) -> tuple[float, float]:
         """(η, λ) after a decay back-off. The heavy ball's step ``η/(1 − β)`` stays put in both
@@ -578,6 +694,9 @@ class Phase2Tuner:
         "lr_fraction",
         "failed_since_good",
         "dropped_since",
+        "drop_losses",
+        "grad_agreement",
+        "noise_factor",
     )
 
     def state_dict(self) -> dict[str, Any]:
