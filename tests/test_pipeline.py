@@ -121,6 +121,15 @@ def test_every_option_composes_validates_and_builds(compose, group):
         build_filter(cfg)
 
 
+@pytest.mark.parametrize("schedule", ["auto", "at_step"])
+def test_schedules_written_out_share_the_default_phase_1(compose, schedule):
+    """schedule=auto and schedule=at_step repeat biphasic's phase 1 (merged onto it, the
+    accuracy switch's keys would reach their criteria): the copies must not drift."""
+    default = compose().schedule
+    other = compose(f"schedule={schedule}").schedule
+    assert other.phase1 == default.phase1 and other._target_ == default._target_
+
+
 @pytest.mark.slow
 def test_a_new_optimizer_is_one_yaml_file(tmp_path):
     """A user adds conf/optimizer/<name>.yaml naming any torch optimizer; nothing else changes."""

@@ -30,6 +30,25 @@ def test_accuracy_threshold_is_inclusive_and_missing_metric_is_skipped():
     assert sw.observe(3, train_acc=1.0)
 
 
+def test_accuracy_switch_fires_on_a_stall_short_of_the_threshold():
+    """stall: no new best for that many steps with the best >= stall_floor fires the switch;
+    a new best restarts the clock; below the floor it never fires."""
+    sw = AccuracySwitch(threshold=0.999, patience=3, stall=100, stall_floor=0.95)
+    accs = {0: 0.5, 10: 0.97, 20: 0.99, 30: 0.992, 40: 0.991, 70: 0.993, 120: 0.99, 160: 0.993}
+    for step, acc in accs.items():
+        assert not sw.observe(step, train_acc=acc), step
+    assert not sw.stalled and sw.state_dict()["best_step"] == 70
+    assert sw.observe(170, train_acc=0.99)  # 100 steps since the best (0.993 at step 70)
+    assert sw.stalled and sw.fired_step == 170
+    low = AccuracySwitch(threshold=0.999, stall=100, stall_floor=0.95)
+    assert not any(low.observe(10 * i, train_acc=0.9) for i in range(100))
+    resumed = AccuracySwitch(threshold=0.999, stall=100)
+    resumed.load_state_dict(copy.deepcopy(sw.state_dict()))
+    assert resumed.best == 0.993 and resumed.best_step == 70 and resumed.stalled
+    default = AccuracySwitch(threshold=0.999)  # no stall: never fires short of the threshold
+    assert not any(default.observe(10 * i, train_acc=0.99) for i in range(1000))
+
+
 def test_custom_metric_name():
     sw = AccuracySwitch(threshold=0.9, metric="val_acc")
     assert not sw.observe(1, train_acc=1.0, val_acc=0.5)
@@ -111,6 +130,8 @@ def test_make_switch():
         (lambda: AccuracySwitch(threshold=0), r"threshold must be in \(0, 1\]"),
         (lambda: AccuracySwitch(patience=0), "patience"),
         (lambda: AccuracySwitch(patience=1.5), "patience"),
+        (lambda: AccuracySwitch(stall=0), "stall"),
+        (lambda: AccuracySwitch(stall=10, stall_floor=1.5), "stall_floor"),
         (lambda: LossSwitch(-1.0), "threshold"),
         (lambda: StepSwitch(-1), "step"),
         (lambda: RhoSwitch(threshold=0.0), "threshold"),

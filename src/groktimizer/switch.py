@@ -117,25 +117,72 @@ class _Held(SwitchCriterion):
 
 
 class AccuracySwitch(_Held):
-    """Satisfied once ``metrics[metric] ≥ threshold`` held ``patience`` consecutive times."""
+    """Satisfied once ``metrics[metric] ≥ threshold`` held ``patience`` consecutive times, or,
+    with ``stall``, once the metric has stopped improving short of it: no new best for ``stall``
+    steps with the best at least ``stall_floor`` (a phase 1 that cannot reach the threshold: an
+    MSE loss on a+b mod 97 levelled off at 99.2% train accuracy and never switched)."""
 
     def __init__(
-        self, threshold: float = 0.999, patience: int = 1, metric: str = "train_acc"
+        self,
+        threshold: float = 0.999,
+        patience: int = 1,
+        metric: str = "train_acc",
+        stall: int | None = None,
+        stall_floor: float = 0.95,
     ) -> None:
         _check_real("AccuracySwitch", "threshold", threshold, 0.0, 1.0, "in (0, 1]")
         if threshold == 0:  # 0 would switch at the first observation, before any fit
             raise ValueError(f"AccuracySwitch: threshold must be in (0, 1], got {threshold!r}")
+        if stall is not None:
+            _check_patience("AccuracySwitch stall", stall)
+        _check_real("AccuracySwitch", "stall_floor", stall_floor, 0.0, 1.0, "in (0, 1]")
         super().__init__(patience)
         self.threshold = float(threshold)
         self.metric = metric
+        self.stall = stall
+        self.stall_floor = float(stall_floor)
+        self.best: float | None = None
+        self.best_step = 0
+        self.stalled = False
 
     def _condition(self, step: int, metrics: dict[str, Any]) -> bool | None:
         if metrics.get(self.metric) is None:
             return None
-        return float(metrics[self.metric]) >= self.threshold
+        value = float(metrics[self.metric])
+        if self.best is None or value > self.best:
+            self.best, self.best_step = value, int(step)
+        return value >= self.threshold
+
+    def _satisfied(self, step: int, metrics: dict[str, Any]) -> bool | None:
+        held = super()._satisfied(step, metrics)
+        if held is None or held or self.stall is None:
+            return held
+        floor_ok = self.best is not None and self.best >= self.stall_floor
+        self.stalled = floor_ok and step - self.best_step >= self.stall
+        return self.stalled
+
+    def reset(self) -> None:
+        super().reset()
+        self.best, self.best_step, self.stalled = None, 0, False
+
+    def state_dict(self) -> dict[str, Any]:
+        extra = {"best": self.best, "best_step": self.best_step, "stalled": self.stalled}
+        return {**super().state_dict(), **extra}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.best = state.get("best")
+        self.best_step = int(state.get("best_step", 0))
+        self.stalled = bool(state.get("stalled", False))
 
     def _config(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "patience": self.patience, "metric": self.metric}
+        return {
+            "threshold": self.threshold,
+            "patience": self.patience,
+            "metric": self.metric,
+            "stall": self.stall,
+            "stall_floor": self.stall_floor,
+        }
 
 
 class LossSwitch(_Held):
