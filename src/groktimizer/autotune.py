@@ -525,54 +525,31 @@ class Phase2Tuner:
             and loss > self.prev_loss
             and loss > 3 * self.loss_ceiling
         )
+        old_lr, old_wd = self.lr, self.weight_decay
+        seen = dict(train_acc=acc, loss=loss, weight_norm=wn)
+        seen.update(lr_before=old_lr, weight_decay_before=old_wd)
         if (blown or acc_lost or loss_lost) and snap is not None:
             self._rollback(opt)
             self.dropped_since, self.drop_losses = None, []
-            old_lr, old_wd = self.lr, self.weight_decay
             lr_cut = blown or self.failed_since_good or not old_wd
             if blown and self.lr_auto:
                 self._probe(opt, closure, self.probe_iters, warm=False)
             if not blown and old_wd:
-                new_lr, self.weight_decay = self._backed_off(opt, float(old_lr), float(old_wd))  # type: ignore[arg-type]
-                self.lr_ceiling = min(self.lr_ceiling or math.inf, new_lr)
-                self.counts["decay_backoffs"] += 1
+                self._lower_decay(opt)
             if lr_cut:
                 self.counts["lr_backoffs"] += 1
                 self.lr_ceiling = self.lr_backoff * float(old_lr)  # type: ignore[arg-type]
             name = "lr_backoff" if blown or not old_wd else "decay_backoff"
             rec = self._set(opt, name)
             self.failed_since_good = True
-            events.append(
-                self._event(
-                    name,
-                    step,
-                    rec,
-                    train_acc=acc,
-                    loss=loss,
-                    weight_norm=wn,
-                    lr_before=old_lr,
-                    weight_decay_before=old_wd,
-                    cause="blow-up" if blown else ("accuracy" if acc_lost else "loss"),
-                )
-            )
+            cause = "blow-up" if blown else ("accuracy" if acc_lost else "loss")
+            events.append(self._event(name, step, rec, **seen, cause=cause))
         elif soften and not blown:
-            old_lr, old_wd = self.lr, self.weight_decay
-            new_lr, self.weight_decay = self._backed_off(opt, float(old_lr), float(old_wd))  # type: ignore[arg-type]
-            self.lr_ceiling = min(self.lr_ceiling or math.inf, new_lr)
-            self.counts["decay_backoffs"] += 1
+            self._lower_decay(opt)
             self.dropped_since, self.drop_losses = int(step), []  # a new window from here
             rec = self._set(opt, "decay_backoff")
-            ev = self._event(
-                "decay_backoff",
-                step,
-                rec,
-                train_acc=acc,
-                loss=loss,
-                weight_norm=wn,
-                lr_before=old_lr,
-                weight_decay_before=old_wd,
-                cause="accuracy, recovering (weights kept)",
-            )
+            cause = "accuracy, recovering (weights kept)"
+            ev = self._event("decay_backoff", step, rec, **seen, cause=cause)
             ev["weights_changed"] = False
             events.append(ev)
         else:
@@ -603,6 +580,12 @@ class Phase2Tuner:
         if loss is not None and math.isfinite(loss):
             self.prev_loss = loss
         return events
+
+    def _lower_decay(self, opt: Optimizer) -> None:
+        """λ := decay_backoff · λ, η lowered with it (``_backed_off``) and kept as the ceiling."""
+        new_lr, self.weight_decay = self._backed_off(opt, float(self.lr), float(self.weight_decay))  # type: ignore[arg-type]
+        self.lr_ceiling = min(self.lr_ceiling or math.inf, new_lr)
+        self.counts["decay_backoffs"] += 1
 
     def _recovering(self, step: int, loss: float | None) -> bool:
         """During a fall of train accuracy: has the train loss come down by ``RECOVERY`` over
