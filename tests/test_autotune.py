@@ -67,13 +67,16 @@ def test_adam_cdm_curvature_is_that_of_the_preconditioned_loss():
     assert opt.auto_lr_record["preconditioned"] is True
 
 
-@pytest.mark.parametrize("cos", [None, 0.0, 0.6, 1.0])
-def test_step_cap_loosens_with_the_gradients_agreement(cos):
-    """Default phase 2 (AdamCDML2), curvature bound far above the step cap: η = the cap times
-    1/(1 − cos²), cos between the last step's gradient and the closure's, up to half the bound
-    at the cap's λ; no last gradient (or an orthogonal one) keeps the cap."""
+@pytest.mark.parametrize(
+    "cos,loosen", [(None, True), (0.0, True), (0.6, True), (1.0, True), (1.0, False)]
+)
+def test_step_cap_loosens_with_the_gradients_agreement(cos, loosen):
+    """Default phase 2 (AdamCDML2), curvature bound far above the step cap: with loosen_cap,
+    η = the cap times 1/(1 − cos²), cos between the last step's gradient and the closure's, up
+    to half the bound at the cap's λ; no last gradient (or an orthogonal one) keeps the cap, and
+    so does the default (loosen_cap False)."""
     H, w, loss = _quadratic([2.0, 1.0, 0.5])
-    opt = GROKtimizer([w], switch=StepSwitch(0))
+    opt = GROKtimizer([w], switch=StepSwitch(0), tuner=Phase2Tuner(loosen_cap=loosen))
     st = opt.phase1.state[w]
     st["exp_avg_sq"], st["exp_avg"] = torch.full_like(w, 1 - 0.98), torch.zeros_like(w)
     st["step"] = torch.tensor(1.0)  # v̂ = 1: Adam's metric is the identity, h = 2
@@ -89,11 +92,11 @@ def test_step_cap_loosens_with_the_gradients_agreement(cos):
     cap = 3.0 * 1e-3 * (1 - beta)  # 3 x phase 1's Adam step x (1 - β(κ))
     assert rec["weight_decay"] == pytest.approx(1e-3 / cap)  # λ from the cap whatever η is
     bound = stable_lr(2.0, rec["weight_decay"], 0.5)  # half the bound beyond the cap
-    factor = 1.0 if not cos else 1 / max(1 - cos**2, 1e-12)
+    factor = 1.0 if not cos or not loosen else 1 / max(1 - cos**2, 1e-12)
     assert rec["lr"] == pytest.approx(min(bound, cap * factor), rel=1e-6)
     assert rec["noise_factor"] == pytest.approx(factor, rel=1e-6)
     assert opt.param_groups[0]["lr"] == rec["lr"]
-    if cos == 1.0:  # at half the bound: η·(h + λ) = B(β)/2 with β from ηλ itself
+    if cos == 1.0 and loosen:  # at half the bound: η·(h + λ) = B(β)/2 with β from ηλ itself
         b = opt.param_groups[0]["momentum_used"]
         assert rec["lr"] * (2.0 + rec["weight_decay"]) == pytest.approx(1 + b, rel=1e-6)
 
