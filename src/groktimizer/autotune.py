@@ -121,6 +121,12 @@ def _int(owner: str, name: str, value: Any, low: int) -> None:
         raise ValueError(f"{owner}: {name} must be an int >= {low}, got {value!r}")
 
 
+def _heavy_ball_form(opt: Optimizer) -> tuple[float, bool]:
+    """(ζ, nesterov) of phase 2's first group, the defaults where it has none."""
+    g0 = opt.param_groups[0]
+    return float(g0.get("damping", 1.0)), bool(g0.get("nesterov", False))
+
+
 def _preconditioned(opt: Optimizer) -> bool:
     return callable(getattr(opt, "preconditioner", None))
 
@@ -324,10 +330,8 @@ class Phase2Tuner:
 
     def _solve(self, opt: Optimizer) -> tuple[float, float]:
         """(η, λ) from the last curvature, the rule and what is held fixed."""
-        g0 = opt.param_groups[0]
-        damping = float(g0.get("damping", 1.0))
-        nesterov = bool(g0.get("nesterov", False))
-        momentum = g0.get("momentum")
+        damping, nesterov = _heavy_ball_form(opt)
+        momentum = opt.param_groups[0].get("momentum")
         lr, wd = float(self.lr), float(self.weight_decay)  # type: ignore[arg-type]
         if self.lr_auto and self.h is None:
             lr = float(self.fallback_lr)  # type: ignore[arg-type]
@@ -352,12 +356,10 @@ class Phase2Tuner:
     def _loosened_bound(self, opt: Optimizer, wd: float) -> float:
         """η at ``LOOSENED_FRACTION`` of heavy ball's bound for the switch's curvature, λ held at
         ``wd``: how far a loosened cap may go."""
-        g0 = opt.param_groups[0]
-        damping = float(g0.get("damping", 1.0))
-        nesterov = bool(g0.get("nesterov", False))
+        damping, nesterov = _heavy_ball_form(opt)
         h = abs(float(self.h))  # type: ignore[arg-type]
         f = min(self.lr_fraction, LOOSENED_FRACTION)
-        return stable_lr(h, wd, f, damping, nesterov, g0.get("momentum"))
+        return stable_lr(h, wd, f, damping, nesterov, opt.param_groups[0].get("momentum"))
 
     @torch.no_grad()
     def _measure_noise(self, opt: Optimizer, closure: LossClosure | None) -> None:
@@ -393,9 +395,7 @@ class Phase2Tuner:
         within ``step_cap`` times phase 1's step (minibatch noise, not curvature, binds there)."""
         if self.step_cap is None or not self.phase1_lr or not _preconditioned(opt):
             return lr
-        g0 = opt.param_groups[0]
-        damping = float(g0.get("damping", 1.0))
-        nesterov = bool(g0.get("nesterov", False))
+        damping, nesterov = _heavy_ball_form(opt)
         if self.weight_decay_auto:  # β = β(κ) whatever η is
             beta = critical_momentum(1.0, self.flat_rate, damping, nesterov)
             return min(lr, self.step_cap * self.phase1_lr * (1 - beta))
@@ -552,9 +552,9 @@ class Phase2Tuner:
             self.dropped_since, self.drop_losses = int(step), []  # a new window from here
             rec = self._set(opt, "decay_backoff")
             cause = "accuracy, recovering (weights kept)"
-            ev = self._event("decay_backoff", step, rec, **seen, cause=cause)
-            ev["weights_changed"] = False
-            events.append(ev)
+            events.append(
+                self._event("decay_backoff", step, rec, **seen, cause=cause, weights_changed=False)
+            )
         else:
             good = acc is None or acc_ref is None or acc >= acc_ref - self.acc_drop / 4
             good = good and loss is not None and math.isfinite(loss)
@@ -611,8 +611,7 @@ class Phase2Tuner:
         ``η/(1 − β(ηλ)) = step``. ``"rate"``: κ = ηλ falls by ``decay_backoff`` (λ by only
         about √decay_backoff; on digits two such back-offs left the ℓ2 phase 2 at 97% train).
         """
-        g0 = opt.param_groups[0]
-        zeta, nest = float(g0.get("damping", 1.0)), bool(g0.get("nesterov", False))
+        zeta, nest = _heavy_ball_form(opt)
 
         def step_of(eta: float, lam: float) -> float:
             return eta / max(1 - critical_momentum(eta, lam, zeta, nest), 1e-300)
@@ -632,7 +631,7 @@ class Phase2Tuner:
     def _event(self, name: str, step: int, rec: dict[str, Any], **info: Any) -> dict[str, Any]:
         ev = {"step": int(step), "event": name, **rec, **info, **self.counts}
         if name.endswith("backoff"):
-            ev["weights_changed"] = True
+            ev.setdefault("weights_changed", True)  # False only where info says so
         return ev
 
     @torch.no_grad()
