@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from groktimizer import CDM, GROKtimizer, StepSwitch, critical_momentum, observe, phase_of
-from groktimizer.autotune import Phase2Tuner, stability_bound, stable_lr
+from groktimizer.autotune import LOOSEN_AFTER, Phase2Tuner, stability_bound, stable_lr
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -67,38 +67,102 @@ def test_adam_cdm_curvature_is_that_of_the_preconditioned_loss():
     assert opt.auto_lr_record["preconditioned"] is True
 
 
-@pytest.mark.parametrize(
-    "cos,loosen", [(None, True), (0.0, True), (0.6, True), (1.0, True), (1.0, False)]
-)
-def test_step_cap_loosens_with_the_gradients_agreement(cos, loosen):
-    """Default phase 2 (AdamCDML2), curvature bound far above the step cap: with loosen_cap,
-    η = the cap times 1/(1 − cos²), cos between the last step's gradient and the closure's, up
-    to half the bound at the cap's λ; no last gradient (or an orthogonal one) keeps the cap, and
-    so does the default (loosen_cap False)."""
-    H, w, loss = _quadratic([2.0, 1.0, 0.5])
-    opt = GROKtimizer([w], switch=StepSwitch(0), tuner=Phase2Tuner(loosen_cap=loosen))
+def _capped(loosen, eigs=(2.0, 1.0, 0.5)):
+    """Default phase 2 (AdamCDML2) switched at step 0 on a quadratic whose Adam metric is the
+    identity (v̂ = 1), the curvature bound far above the step cap."""
+    H, w, loss = _quadratic(list(eigs))
+    scale = [1.0]  # the closure's loss is scale · ½wᵀHw: the curvature can rise after the switch
+    closure = lambda: scale[0] * loss()  # noqa: E731
+    tuner = None if loosen is None else Phase2Tuner(loosen_cap=loosen)  # None: the default
+    opt = GROKtimizer([w], switch=StepSwitch(0), tuner=tuner)
     st = opt.phase1.state[w]
     st["exp_avg_sq"], st["exp_avg"] = torch.full_like(w, 1 - 0.98), torch.zeros_like(w)
-    st["step"] = torch.tensor(1.0)  # v̂ = 1: Adam's metric is the identity, h = 2
-    full = (H @ w).detach()
-    if cos is not None:
-        other = torch.randn(3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        other -= (other @ full) / (full @ full) * full  # orthogonal to the full gradient
-        w.grad = cos * full / full.norm() + math.sqrt(1 - cos**2) * other / other.norm()
-    (ev,) = observe(opt, 0, closure=loss)
-    rec = ev["auto_lr"]
+    st["step"] = torch.tensor(1.0)
+    (ev,) = observe(opt, 0, closure=closure, train_loss=float(closure().detach()), train_acc=1.0)
+    return H, w, closure, scale, opt, ev["auto_lr"]
+
+
+def _grad_at_cos(w, full, cos):
+    other = torch.randn(len(w), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    other -= (other @ full) / (full @ full) * full  # orthogonal to the full gradient
+    w.grad = cos * full / full.norm() + math.sqrt(1 - cos**2) * other / other.norm()
+
+
+@pytest.mark.parametrize(
+    "cos,loosen,rise",
+    [
+        (None, True, 1),
+        (0.0, True, 1),
+        (0.6, True, 1),
+        (1.0, True, 1),
+        (1.0, None, 1),
+        (1.0, True, 4),
+        (1.0, True, 0.25),
+        (1.0, False, 1),
+    ],
+)
+def test_step_cap_loosens_with_the_gradients_agreement(cos, loosen, rise):
+    """At the switch η is the step cap whatever the gradient. With loosen_cap, LOOSEN_AFTER
+    steps on, the cap loosens by 1/(1 − cos²), cos between the last step's gradient and the
+    closure's, up to the bound (at the rule's fraction) at the switch's λ for the larger of the
+    switch's curvature and the one measured then; no last gradient (or an orthogonal one) keeps
+    the cap, and so does loosen_cap=False (on in the default, None here)."""
+    H, w, closure, scale, opt, rec = _capped(loosen)
     assert rec["h_max"] == pytest.approx(2.0, rel=1e-6)
     beta = critical_momentum(1.0, 1e-3)
     cap = 3.0 * 1e-3 * (1 - beta)  # 3 x phase 1's Adam step x (1 - β(κ))
     assert rec["weight_decay"] == pytest.approx(1e-3 / cap)  # λ from the cap whatever η is
-    bound = stable_lr(2.0, rec["weight_decay"], 0.5)  # half the bound beyond the cap
-    factor = 1.0 if not cos or not loosen else 1 / max(1 - cos**2, 1e-12)
-    assert rec["lr"] == pytest.approx(min(bound, cap * factor), rel=1e-6)
-    assert rec["noise_factor"] == pytest.approx(factor, rel=1e-6)
-    assert opt.param_groups[0]["lr"] == rec["lr"]
-    if cos == 1.0 and loosen:  # at half the bound: η·(h + λ) = B(β)/2 with β from ηλ itself
+    assert rec["lr"] == pytest.approx(cap, rel=1e-6)  # the cap at the switch, cos or not
+    early = observe(opt, LOOSEN_AFTER - 1, closure=closure, train_loss=float(closure().detach()))
+    assert not early
+    train_loss = float(closure().detach())  # the loss seen stays: only the curvature rises
+    scale[0] = rise
+    full = (rise * H @ w).detach()
+    if cos is not None:
+        _grad_at_cos(w, full, cos)
+    events = observe(opt, LOOSEN_AFTER, closure=closure, train_loss=train_loss)
+    factor = 1.0 if not cos or loosen is False else 1 / max(1 - cos**2, 1e-12)
+    if loosen is False or cos is None or factor == 1.0:
+        assert events == [] and opt.param_groups[0]["lr"] == pytest.approx(cap, rel=1e-6)
+        return
+    (ev,) = events
+    assert ev["event"] == "auto_lr" and ev["reason"] == "loosen"
+    assert ev["h_max"] == pytest.approx(2.0 * rise, rel=1e-6)
+    h = 2.0 * max(rise, 1)  # the larger of the two measurements
+    bound = stable_lr(h, rec["weight_decay"], 1.0)  # Adam's metric: the bound itself
+    assert ev["lr"] == pytest.approx(max(cap, min(bound, cap * factor)), rel=1e-6)
+    assert ev["noise_factor"] == pytest.approx(factor, rel=1e-6)
+    assert opt.param_groups[0]["lr"] == ev["lr"] and ev["weight_decay"] == rec["weight_decay"]
+    if cos == 1.0:  # at the bound: η·(h + λ) = B(β) with β from ηλ itself
         b = opt.param_groups[0]["momentum_used"]
-        assert rec["lr"] * (2.0 + rec["weight_decay"]) == pytest.approx(1 + b, rel=1e-6)
+        assert ev["lr"] * (h + ev["weight_decay"]) == pytest.approx(2 * (1 + b), 1e-6)
+    assert not observe(opt, 2 * LOOSEN_AFTER, closure=closure, train_loss=train_loss)  # once
+    # the first unsettled observation after (a loss that doubled) puts η back at the cap
+    (ev,) = observe(opt, 3 * LOOSEN_AFTER, closure=closure, train_loss=3 * train_loss)
+    assert ev["event"] == "auto_lr" and ev["reason"] == "tighten"
+    assert opt.param_groups[0]["lr"] == pytest.approx(cap, rel=1e-6) == ev["lr"]
+    assert not observe(opt, 4 * LOOSEN_AFTER, closure=closure, train_loss=9 * train_loss)
+
+
+@pytest.mark.parametrize("unsettled", ["blow-up", "loss doubled", "accuracy short"])
+def test_an_unsettled_phase_2_before_the_check_keeps_the_cap(unsettled):
+    """A blow-up within LOOSEN_AFTER steps of the switch (a rollback), or an observation that is
+    not calm (a loss that doubled, train accuracy below the switch's), cancels the loosening."""
+    H, w, closure, scale, opt, rec = _capped(True)
+    loss = float(closure().detach())
+    if unsettled == "blow-up":
+        (ev,) = observe(opt, 5, closure=closure, train_loss=float("inf"))
+        assert ev["event"] == "lr_backoff"
+        loss = float(closure().detach())
+    elif unsettled == "loss doubled":
+        assert not observe(opt, 5, closure=closure, train_loss=2.5 * loss)
+    else:
+        assert not observe(opt, 5, closure=closure, train_loss=loss, train_acc=0.5)
+    lr = opt.param_groups[0]["lr"]
+    assert lr <= rec["lr"]
+    _grad_at_cos(w, (H @ w).detach(), 1.0)
+    assert not observe(opt, LOOSEN_AFTER, closure=closure, train_loss=loss)
+    assert opt.param_groups[0]["lr"] == lr
 
 
 def _fit(seed=0):
