@@ -9,11 +9,13 @@ Hessian-vector products of the closure's loss. η is set at a fraction ``f`` of 
 Adam's v damps an overshooting mode, and η at 2.1x the measured bound collapsed where 1.07x was
 the fastest). For AdamCDM two more facts bind: its heavy ball moves about ``η/(1 − β)``
 a step in Adam's units, so η is capped at ``step_cap`` times phase 1's Adam step (minibatch
-noise, not curvature, is the limit there); and Adam's ``v`` grows wherever a step overshoots,
-which damps it, so the quiet curvature measured between overshoots overstates what binds. CDM
-(raw metric) therefore re-measures every ``reestimate_every`` steps and when the loss doubles
-(a few warm-started HVPs each time, η never above its switch value); AdamCDM re-measures after
-a blow-up.
+noise, not curvature, is the limit there; where the gradient is a full-batch one the cap
+loosens once, ``LOOSEN_AFTER`` steps into a calm phase 2, up to the bound for the larger of the
+switch's curvature and one re-measured then: ``loosen_cap``); and Adam's ``v`` grows wherever
+a step overshoots, which damps it, so the quiet curvature measured between overshoots overstates
+what binds. CDM (raw metric) therefore re-measures every ``reestimate_every`` steps and when
+the loss doubles (a few warm-started HVPs each time, η never above its switch value); AdamCDM
+re-measures after a blow-up.
 
 Weight decay. With ``κ = ηλ`` fixed the flat mode contracts at ``1 − ζ√κ`` per step whatever η
 is, and β = ``(1 − ζ√κ)²`` no longer depends on η, so ``η·h + κ = f·B(β)`` gives η in closed
