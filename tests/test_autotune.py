@@ -165,6 +165,18 @@ def test_an_unsettled_phase_2_before_the_check_keeps_the_cap(unsettled):
     assert opt.param_groups[0]["lr"] == lr
 
 
+def test_a_back_off_after_the_loosening_starts_from_the_cap():
+    """A blow-up at a loosened η rolls back and halves η from the cap (not from the loosened η)."""
+    H, w, closure, scale, opt, rec = _capped(True)
+    _grad_at_cos(w, (H @ w).detach(), 1.0)
+    loss = float(closure().detach())
+    (ev,) = observe(opt, LOOSEN_AFTER, closure=closure, train_loss=loss)
+    assert ev["reason"] == "loosen" and ev["lr"] > 2 * rec["lr"]
+    (ev,) = observe(opt, LOOSEN_AFTER + 10, closure=closure, train_loss=float("inf"))
+    assert ev["event"] == "lr_backoff" and ev["lr_before"] > 2 * rec["lr"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * rec["lr"], rel=1e-6)
+
+
 def _fit(seed=0):
     torch.manual_seed(seed)
     x = torch.randn(64, 5)

@@ -73,6 +73,8 @@ PRECONDITIONED_FRACTION = 1.0
 # (a+b mod 97, 1 layer: h 1.7e4 -> 2.1e4 by step +20, the cap then at 0.97x the bound; 2 layers,
 # a-b: 3.9e4 by step +10, the cap at 1.9x the bound, a blow-up), so a cap loosened at the switch
 # blew those up; sparse parity's stays put (4.8e3 -> 4.5e3, the bound 4.4x the cap at +20).
+# The bound itself, as the rule's fraction in Adam's metric: sparse parity 460 steps there, 570
+# at half of it (780 under the cap); the transformers' re-measured bound sits under the cap.
 LOOSENED_FRACTION = 1.0
 LOOSEN_AFTER = 20
 LossClosure = Callable[[], Tensor]
@@ -362,13 +364,14 @@ class Phase2Tuner:
 
     def _loosen(self, opt: Optimizer, step: int, closure: LossClosure) -> list[dict[str, Any]]:
         """Once, ``LOOSEN_AFTER`` steps into a calm phase 2 (every observation since the switch
-        at its accuracy, no loss that doubled from one to the next; the first one after that is
-        not puts η back at the cap, ``_tighten``): the step cap is
-        for gradient noise, so where the last step's gradient agrees with the full-batch one it
-        loosens by 1/(1 − cos²) = 1 + SNR (a full-batch gradient that flips sign from step to
-        step, an oscillation, agrees little too), up to ``LOOSENED_FRACTION`` of heavy ball's
-        bound at this λ for the larger of the switch's curvature and one re-measured now; never
-        below the cap. λ stays, so ηλ exceeds κ and the flat mode contracts faster."""
+        at its accuracy, no loss that doubled from one to the next; the first observation after
+        that is not puts η back at the cap, ``_tighten``). The step cap is for gradient noise, so
+        where the last step's gradient agrees with the full-batch one it loosens by
+        1/(1 − cos²) = 1 + SNR (a full-batch gradient that flips sign from step to step, an
+        oscillation, agrees little too), up to ``LOOSENED_FRACTION`` of heavy ball's bound at
+        this λ for the larger of the switch's curvature and one re-measured now; never below the
+        cap. λ stays, so ηλ exceeds κ and the flat mode contracts faster. The event records the
+        check (``lr == lr_before`` where the bound allowed no more); none without agreement."""
         self.loosen_due = False
         self._measure_noise(opt, closure)
         if self.noise_factor <= 1:
@@ -561,7 +564,11 @@ class Phase2Tuner:
         seen = dict(train_acc=acc, loss=loss, weight_norm=wn)
         seen.update(lr_before=old_lr, weight_decay_before=old_wd)
         if blown or acc_lost or loss_lost or soften:
-            self.loosen_due, self.capped_lr = False, None  # the back-off sets η under the cap
+            self.loosen_due = False
+            if self.capped_lr is not None:  # a back-off starts from the cap, not a loosened η
+                self.lr = self.lr_ceiling = old_lr = self.capped_lr
+                self.capped_lr = None
+                self._apply(opt)
         if (blown or acc_lost or loss_lost) and snap is not None:
             self._rollback(opt)
             self.dropped_since, self.drop_losses = None, []
