@@ -306,8 +306,9 @@ class Phase2Tuner:
         self.lr_ceiling = self.lr
         self.last_probe_step = self.switch_step = int(step)
         self.h_switch = self.h
-        capped = self.step_cap is not None and bool(phase1_lr) and _preconditioned(opt)
-        self.loosen_due = self.loosen_cap and self.lr_auto and self.weight_decay_auto and capped
+        self.loosen_due = (
+            self.loosen_cap and self.lr_auto and self.weight_decay_auto and self._cap_applies(opt)
+        )
         loss = metrics.get("train_loss")
         self.last_probe_loss = self.prev_loss = None if loss is None else float(loss)
         self._take_snapshot(opt, step, loss)
@@ -426,10 +427,14 @@ class Phase2Tuner:
         self.grad_agreement = math.sqrt(cos2)
         self.noise_factor = 1.0 / max(1.0 - cos2, 1e-12)
 
+    def _cap_applies(self, opt: Optimizer) -> bool:
+        """A step cap, phase 1's Adam step to scale it, and a phase 2 in Adam's metric."""
+        return self.step_cap is not None and bool(self.phase1_lr) and _preconditioned(opt)
+
     def _cap(self, opt: Optimizer, lr: float, wd: float) -> float:
         """Adam-metric heavy ball moves at about η/(1 − β) a step, Adam at its lr: keep phase 2
         within ``step_cap`` times phase 1's step (minibatch noise, not curvature, binds there)."""
-        if self.step_cap is None or not self.phase1_lr or not _preconditioned(opt):
+        if not self._cap_applies(opt):
             return lr
         damping, nesterov = _heavy_ball_form(opt)
         if self.weight_decay_auto:  # β = β(κ) whatever η is
