@@ -67,13 +67,13 @@ def test_adam_cdm_curvature_is_that_of_the_preconditioned_loss():
     assert opt.auto_lr_record["preconditioned"] is True
 
 
-def _capped(loosen, eigs=(2.0, 1.0, 0.5)):
+def _capped(loosen, eigs=(2.0, 1.0, 0.5), **tuner_kw):
     """Default phase 2 (AdamCDML2) switched at step 0 on a quadratic whose Adam metric is the
     identity (v̂ = 1), the curvature bound far above the step cap."""
     H, w, loss = _quadratic(list(eigs))
     scale = [1.0]  # the closure's loss is scale · ½wᵀHw: the curvature can rise after the switch
     closure = lambda: scale[0] * loss()  # noqa: E731
-    tuner = None if loosen is None else Phase2Tuner(loosen_cap=loosen)  # None: the default
+    tuner = None if loosen is None else Phase2Tuner(loosen_cap=loosen, **tuner_kw)  # None: default
     opt = GROKtimizer([w], switch=StepSwitch(0), tuner=tuner)
     st = opt.phase1.state[w]
     st["exp_avg_sq"], st["exp_avg"] = torch.full_like(w, 1 - 0.98), torch.zeros_like(w)
@@ -175,6 +175,42 @@ def test_a_back_off_after_the_loosening_starts_from_the_cap():
     (ev,) = observe(opt, LOOSEN_AFTER + 10, closure=closure, train_loss=float("inf"))
     assert ev["event"] == "lr_backoff" and ev["lr_before"] > 2 * rec["lr"]
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * rec["lr"], rel=1e-6)
+
+
+@pytest.mark.parametrize("cos,noise_decay", [(0.4, None), (0.4, False), (-0.7, True), (1.0, None)])
+def test_decay_scales_with_the_signal_share_of_the_first_phase_2_gradient(cos, noise_decay):
+    """Before phase 2's first step λ := cos²·λ, cos between that step's gradient (a minibatch's)
+    and the closure's at the same weights; η stays (the cap's) and β follows ηλ. A full-batch
+    gradient (cos 1) keeps λ, and so does noise_decay=False (on by default, None here). Once;
+    a later rollback restores the scaled λ's state, and its back-off lowers the scaled λ."""
+    kw = {} if noise_decay is None else {"noise_decay": noise_decay}
+    H, w, closure, scale, opt, rec = _capped(True, **kw)
+    lam, lr = rec["weight_decay"], rec["lr"]
+    _grad_at_cos(w, (H @ w).detach(), cos)
+    opt.step()
+    events = observe(opt, 1, closure=closure, train_loss=float(closure().detach()), train_acc=1.0)
+    scaled = noise_decay is not False and abs(cos) < 1
+    if not scaled:
+        assert events == [] and opt.param_groups[0]["weight_decay"] == pytest.approx(lam)
+        return
+    (ev,) = events
+    assert ev["event"] == "auto_lr" and ev["reason"] == "noise" and ev["step"] == 0
+    assert ev["cos2"] == pytest.approx(cos**2, rel=1e-6) and ev["weight_decay_before"] == lam
+    assert ev["weight_decay"] == pytest.approx(cos**2 * lam, rel=1e-6) and ev["lr"] == lr
+    g = opt.param_groups[0]
+    assert g["weight_decay"] == ev["weight_decay"] and g["lr"] == lr
+    assert g["momentum_used"] == pytest.approx(critical_momentum(1.0, lr * ev["weight_decay"]))
+    _grad_at_cos(w, (H @ w).detach(), cos)
+    opt.step()  # once: the second step leaves λ alone
+    assert not observe(opt, 2, closure=closure, train_loss=float(closure().detach()))
+    assert opt.param_groups[0]["weight_decay"] == ev["weight_decay"]
+    (ev2,) = observe(opt, 3, closure=closure, train_loss=float("inf"))  # a blow-up: rollback
+    assert ev2["event"] == "lr_backoff" and ev2["weight_decay"] == pytest.approx(ev["weight_decay"])
+
+
+def test_noise_decay_is_checked():
+    with pytest.raises(ValueError, match="noise_decay must be a bool, got 'yes'"):
+        Phase2Tuner(noise_decay="yes")
 
 
 def _fit(seed=0):

@@ -240,6 +240,7 @@ class GROKtimizer(OptimizerWrapper):
                 "fixed weight_decay"
             )
         self._curvature_closure = curvature_closure
+        self._switch_closure: LossClosure | None = None  # the one the switch measured with
         self._phase = 1
         self.switch_step: int | None = None
         self.num_steps = 0
@@ -273,6 +274,10 @@ class GROKtimizer(OptimizerWrapper):
             result = pre_hook(self, args, kwargs)
             if result is not None:
                 args, kwargs = result
+        if self._phase == 2 and self.tuner is not None and self.tuner.noise_due:
+            # phase 2's first step: its gradient against the full batch's, at the same weights
+            closure_fb = self._switch_closure or self._curvature_closure
+            self._pending_events += self.tuner.first_step(self.phase2, self.num_steps, closure_fb)
         loss = self.active.step(*args[1:], **kwargs)
         self.num_steps += 1
         if self.phase2_scheduler is not None and self._phase == 2:
@@ -337,6 +342,7 @@ class GROKtimizer(OptimizerWrapper):
         if hasattr(self.phase2, "init_from_adam"):
             self.metric_carried = self.phase2.init_from_adam(self.phase1)
         if self.tuner is not None:
+            self._switch_closure = closure or self._curvature_closure
             lr1 = self.phase1.param_groups[0].get("lr")
             self.auto_lr_record = self.tuner.switch(
                 self.phase2,
