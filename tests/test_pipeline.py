@@ -254,6 +254,42 @@ def test_resume_matches_uninterrupted_run(compose, tmp_path, stop_at):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("offset", [-1, 0])
+def test_resume_at_the_switch_in_minibatches_matches_uninterrupted_run(compose, tmp_path, offset):
+    """The default's λ is scaled at phase 2's first step by the minibatch gradient's agreement
+    with the full batch (a closure the trainer gives the optimizer). Checkpointed between the
+    switch's evaluation and that step (offset -1), the resumed run still scales λ; checkpointed
+    after it (0), the step's event (out at the next evaluation) is in the checkpoint."""
+    overrides = [
+        "dataset.p=23",
+        "schedule.switch.threshold=0.5",
+        "schedule.switch.patience=1",
+        "trainer.batch_size=64",
+        "trainer.max_steps=60",
+        "trainer.eval_every=5",
+        "trainer.checkpoint_every=5",
+        "trainer.plots=false",
+        "trainer.stop_at_target=false",
+    ]
+    (full,) = Trainer(compose(*overrides), tmp_path / "a").train()
+    noise = [e for e in full["events"] if e.get("reason") == "noise"]
+    assert len(noise) == 1 and noise[0]["cos2"] < 0.99 and noise[0]["step"] == full["t_switch"]
+
+    t = Trainer(compose(*overrides), tmp_path / "b")
+    _interrupt_at(t, full["t_switch"] + offset)  # stops after the step that follows
+    (part,) = t.train()
+    assert part["status"] == "interrupted"
+    (resumed,) = Trainer(compose(*overrides), tmp_path / "b").train()
+    assert _strip(resumed) == _strip(full)
+    assert [(e["event"], e["step"], e.get("weight_decay")) for e in resumed["events"]] == [
+        (e["event"], e["step"], e.get("weight_decay")) for e in full["events"]
+    ]
+    rows_a = runio.MetricsLog(tmp_path / "a" / runio.METRICS).read()
+    rows_b = runio.MetricsLog(tmp_path / "b" / runio.METRICS).read()
+    assert rows_a == rows_b
+
+
+@pytest.mark.slow
 def test_wandb_offline_summary_holds_t_gen99(compose, tmp_path):
     cfg = compose(
         "logger=wandb", "trainer.max_steps=20", "trainer.plots=false", "trainer.eval_every=10"

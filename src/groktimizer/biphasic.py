@@ -28,6 +28,7 @@ accuracy and loss, weight norm, and a closure returning the full-batch training 
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -389,6 +390,8 @@ class GROKtimizer(OptimizerWrapper):
             "auto_lr_record": self.auto_lr_record,
             "metric_carried": self.metric_carried,
             "tuner": None if self.tuner is None else self.tuner.state_dict(),
+            # events of a step (the noise measure at phase 2's first) wait for the next observe
+            "pending_events": copy.deepcopy(self._pending_events),
             "phase2_scheduler": (
                 None if self.phase2_scheduler is None else self.phase2_scheduler.state_dict()
             ),
@@ -405,6 +408,7 @@ class GROKtimizer(OptimizerWrapper):
         self.metric_carried = int(state_dict.get("metric_carried", 0))
         if self.tuner is not None and state_dict.get("tuner") is not None:
             self.tuner.load_state_dict(state_dict["tuner"])
+        self._pending_events = copy.deepcopy(list(state_dict.get("pending_events", [])))
         sched = state_dict.get("phase2_scheduler")
         if self._phase == 2 and self.phase2_scheduler_factory is not None:
             self.phase2_scheduler = self.phase2_scheduler_factory(self.phase2)

@@ -120,7 +120,7 @@ class Trainer:
         out_dir = self.run_dir / f"seed_{seed}" if self.ensemble else self.run_dir
         gen = torch.Generator(device="cpu")
         gen.manual_seed(seed)
-        return Member(
+        member = Member(
             seed=seed,
             data=data,
             model=model,
@@ -131,6 +131,12 @@ class Trainer:
             tracker=Tracker(),
             generator=gen,
         )
+        # GROKtimizer measures gradient noise at phase 2's first step, between two evaluations:
+        # it needs the closure there too, also in a run resumed from a checkpoint at the switch
+        set_closure = getattr(member.optimizer, "set_curvature_closure", None)
+        if callable(set_closure):
+            set_closure(self.loss_closure(member))
+        return member
 
     def _setup_vmap(self) -> None:
         from torch.func import functional_call, vmap
