@@ -256,9 +256,9 @@ def test_resume_matches_uninterrupted_run(compose, tmp_path, stop_at):
 @pytest.mark.slow
 @pytest.mark.parametrize("offset", [-1, 0])
 def test_resume_at_the_switch_in_minibatches_matches_uninterrupted_run(compose, tmp_path, offset):
-    """The default's λ is scaled at phase 2's first step by the minibatch gradient's agreement
+    """The default measures at phase 2's first step the minibatch gradient's agreement
     with the full batch (a closure the trainer gives the optimizer). Checkpointed between the
-    switch's evaluation and that step (offset -1), the resumed run still scales λ; checkpointed
+    switch's evaluation and that step (offset -1), the resumed run still measures it; checkpointed
     after it (0), the step's event (out at the next evaluation) is in the checkpoint."""
     overrides = [
         "dataset.p=23",
@@ -272,7 +272,7 @@ def test_resume_at_the_switch_in_minibatches_matches_uninterrupted_run(compose, 
         "trainer.stop_at_target=false",
     ]
     (full,) = Trainer(compose(*overrides), tmp_path / "a").train()
-    noise = [e for e in full["events"] if e.get("reason") == "noise"]
+    noise = [e for e in full["events"] if e["event"] == "grad_noise"]
     assert len(noise) == 1 and noise[0]["cos2"] < 0.99 and noise[0]["step"] == full["t_switch"]
 
     t = Trainer(compose(*overrides), tmp_path / "b")

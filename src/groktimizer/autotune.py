@@ -22,9 +22,10 @@ is, and β = ``(1 − ζ√κ)²`` no longer depends on η, so ``η·h + κ = f�
 form and ``λ = κ/η``. ``κ`` (``flat_rate``) is dimensionless, so it carries from one model to
 another better than λ does. In Adam's metric λ is in units of Adam's second moment (the ℓ2
 strength is ``λ·s``, s its median, see ``AdamCDML2``), and in minibatches that second moment is
-mostly noise: at phase 2's first step λ is scaled by the signal's share of it, cos² between
-that step's gradient and the full-batch one at the same weights (``noise_decay``; a full-batch
-gradient agrees, and λ stays). Where decay still wins, it is detected and undone:
+mostly noise: at phase 2's first step the signal's share of it is measured, cos² between that
+step's gradient and the full-batch one at the same weights (``noise_decay``; a full-batch
+gradient agrees), and the first decay back-off lowers λ to that share of itself. Where decay
+still wins, it is detected and undone:
 
     train accuracy < acc_ref − acc_drop for ``collapse_window`` steps with the train loss no
     longer falling (10% over the last third of the window), or at once when the accuracy is back
@@ -173,9 +174,10 @@ class Phase2Tuner:
             gradient and the closure's full-batch gradient (1 + the gradient's signal-to-noise
             ratio), up to ``LOOSENED_FRACTION`` of the bound for the larger of the switch's
             curvature and one re-measured then (see ``_loosen``).
-        noise_decay: with ``weight_decay_auto`` in Adam's metric, at phase 2's first step
-            λ := cos²·λ, cos between that step's gradient and the closure's at the same
-            weights (see ``first_step``; the caller passes the closure).
+        noise_decay: with ``weight_decay_auto`` in Adam's metric, measure cos² at phase 2's
+            first step, cos between that step's gradient and the closure's at the same weights
+            (see ``first_step``); the first decay back-off then sets λ := cos²·λ, η kept,
+            where cos² is under ``decay_backoff`` (see ``_lower_decay``).
     """
 
     FIT_GONE = 0.1  # accuracy back within 10% of the gain over chance: lost, no need to wait
@@ -274,7 +276,8 @@ class Phase2Tuner:
         self.h_switch: float | None = None
         self.loosen_due = False  # loosen_cap: the cap's check LOOSEN_AFTER steps on is pending
         self.capped_lr: float | None = None  # η under the cap while a loosened one runs
-        self.noise_due = False  # noise_decay: λ's scaling at phase 2's first step is pending
+        self.noise_due = False  # noise_decay: the measure at phase 2's first step is pending
+        self.signal_share: float | None = None  # its cos², until the first decay back-off
 
     # -- phase 1: only remember the scale of the loss ------------------------------------------
     def observe_phase1(self, metrics: dict[str, Any]) -> None:
@@ -419,26 +422,22 @@ class Phase2Tuner:
     ) -> list[dict[str, Any]]:
         """Call before phase 2's first step, with ``p.grad`` that step's gradient (once; a no-op
         unless ``noise_due``). λ is in units of Adam's second moment (``λ' = λ·s``), which in a
-        minibatch loop is signal plus noise, the signal's share cos² (cos between the minibatch
-        gradient and the closure's full-batch one at the same weights, one extra backward):
-        λ := cos²·λ, η kept (the cap's), so β follows the lower ηλ. Full batch: cos² = 1 and λ
-        stays. Why cos² and not |cos| (the share of the root mean square): a+b mod 97 MLP in
-        minibatches of 256, seeds 0/1, cos 0.37/0.39: λ·|cos| still lost the fit (a rollback,
-        t_gen99 1,420/1,530), λ·cos² did not (1,210/1,280; 2,020/1,780 unscaled)."""
+        minibatch loop is signal plus noise; the signal's share is cos², cos between the
+        minibatch gradient and the closure's full-batch one at the same weights (one extra
+        backward), kept as ``signal_share`` for the first decay back-off (``_lower_decay``).
+        Full batch: cos² = 1, nothing kept, no event. Measured, not applied at once: applied at
+        the first step, λ·cos² sped up the MLPs in minibatches (a+b mod 97, 256: 1,280 vs 1,820)
+        but slowed the transformers, where decay did not win (2-layer LayerNorm, 512: 600 vs
+        530), and on sparse parity in minibatches of 128 one measurement of cos² 0.012 left λ at
+        0.067 (4,850 steps vs 1,260)."""
         if not self.noise_due:
             return []
         self.noise_due = False
         cos2 = self._agreement(opt, closure)
         if cos2 is None or cos2 >= 1 - self.NOISELESS:
             return []
-        old = float(self.weight_decay)  # type: ignore[arg-type]
-        self.weight_decay = old * max(cos2, 1e-12)
-        self._apply(opt)
-        snap = self.snapshot  # taken at the switch, before any step: the same weights
-        if snap is not None:
-            self._take_snapshot(opt, snap["step"], snap["loss"], snap["weight_norm"])
-        rec = self._record(opt, "noise")
-        return [self._event("auto_lr", step, rec, weight_decay_before=old, cos2=cos2)]
+        self.signal_share = cos2
+        return [self._event("grad_noise", step, self._record(opt, "noise"), cos2=cos2)]
 
     @torch.no_grad()
     def _agreement(self, opt: Optimizer, closure: LossClosure | None) -> float | None:
@@ -690,7 +689,19 @@ class Phase2Tuner:
         return events
 
     def _lower_decay(self, opt: Optimizer) -> None:
-        """λ := decay_backoff · λ, η lowered with it (``_backed_off``) and kept as the ceiling."""
+        """λ := decay_backoff · λ, η lowered with it (``_backed_off``) and kept as the ceiling;
+        the first time, where the gradient's signal share (``first_step``) is lower,
+        λ := cos²·λ with η kept (β follows ηλ): in minibatches decay won because λ' = λ·s was
+        set against a second moment that is mostly noise. Why cos² and not |cos|, and η kept:
+        a+b mod 97 MLP in minibatches of 256, seeds 0/1, cos 0.37/0.39, λ scaled at the first
+        step: λ·|cos| still lost the fit (a rollback; t_gen99 1,420/1,530), λ·cos² did not
+        (1,210/1,280; 2,020/1,780 with λ/3 back-offs); λ·cos² at the first back-off with η
+        lowered to keep the heavy ball's step was slow (2,110/2,180)."""
+        share, self.signal_share = self.signal_share, None
+        if share is not None and share < self.decay_backoff:
+            self.weight_decay = float(self.weight_decay) * max(share, 1e-12)  # type: ignore[arg-type]
+            self.counts["decay_backoffs"] += 1
+            return
         new_lr, self.weight_decay = self._backed_off(opt, float(self.lr), float(self.weight_decay))  # type: ignore[arg-type]
         self.lr_ceiling = min(self.lr_ceiling or math.inf, new_lr)
         self.counts["decay_backoffs"] += 1
@@ -788,6 +799,7 @@ class Phase2Tuner:
         "grad_agreement",
         "noise_factor",
         "noise_due",
+        "signal_share",
         "switch_step",
         "h_switch",
         "loosen_due",
