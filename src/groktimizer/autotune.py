@@ -414,7 +414,7 @@ class Phase2Tuner:
         self._apply(opt)
         return [self._event("auto_lr", step, self._record(opt, "tighten"), lr_before=old)]
 
-    # a full-batch step's gradient is the closure's: cos² within this of 1 leaves λ as it is
+    # a full-batch step's gradient is the closure's: cos² within this of 1 is no noise to keep
     NOISELESS = 1e-6
 
     def first_step(
