@@ -700,10 +700,10 @@ class Phase2Tuner:
         share, self.signal_share = self.signal_share, None
         if share is not None and share < self.decay_backoff:
             self.weight_decay = float(self.weight_decay) * max(share, 1e-12)  # type: ignore[arg-type]
-            self.counts["decay_backoffs"] += 1
-            return
-        new_lr, self.weight_decay = self._backed_off(opt, float(self.lr), float(self.weight_decay))  # type: ignore[arg-type]
-        self.lr_ceiling = min(self.lr_ceiling or math.inf, new_lr)
+        else:
+            lr, wd = float(self.lr), float(self.weight_decay)  # type: ignore[arg-type]
+            new_lr, self.weight_decay = self._backed_off(opt, lr, wd)
+            self.lr_ceiling = min(self.lr_ceiling or math.inf, new_lr)
         self.counts["decay_backoffs"] += 1
 
     def _recovering(self, step: int, loss: float | None) -> bool:
