@@ -322,6 +322,52 @@ def test_a_fall_still_recovering_at_the_window_keeps_its_weights_a_stalled_one_r
     assert opt.tuner.state_dict()["drop_losses"] == []  # cleared with the rollback
 
 
+@pytest.mark.parametrize("tolerance", [0.005, None])
+def test_a_run_settled_short_of_the_fit_lowers_lambda_in_place(tolerance):
+    """Train accuracy within acc_drop of the switch's but short of it by more than
+    fit_tolerance, its loss no longer falling, for a window: λ lowered in place, a new window;
+    short by less, or still improving, or fit_tolerance=None: nothing."""
+    model, x, y = _fit()
+    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=3.0, switch=StepSwitch(0))
+    opt.tuner = Phase2Tuner(
+        lr_auto=False, weight_decay_auto=False, collapse_window=30, fit_tolerance=tolerance
+    )
+    assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
+    # 0.996 is within the tolerance: never counts, however long it lasts
+    for step in range(10, 60, 10):
+        assert observe(opt, step, train_acc=0.996, train_loss=0.02, weight_norm=4.0) == []
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    kept = [p.detach().clone() for p in model.parameters()]
+    # 0.975 for a window, but its loss falls 10% a third of a window: still coming
+    for step, loss in [(60, 0.05), (70, 0.04), (80, 0.03), (90, 0.02)]:
+        assert observe(opt, step, train_acc=0.975, train_loss=loss, weight_norm=3.0) == []
+    events = observe(opt, 100, train_acc=0.975, train_loss=0.0199, weight_norm=3.0)  # stalled
+    if tolerance is None:
+        assert events == [] and opt.param_groups[0]["weight_decay"] == 3.0
+        return
+    (ev,) = events
+    assert ev["event"] == "decay_backoff" and ev["weights_changed"] is False
+    assert ev["cause"] == "settled short of the fit (weights kept)"
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1.0)
+    for p, k in zip(model.parameters(), kept, strict=True):
+        assert torch.equal(p, k)
+    # a new window: nothing until it is over, then λ again
+    for step in (110, 120):
+        assert observe(opt, step, train_acc=0.975, train_loss=0.0199, weight_norm=3.0) == []
+    (ev,) = observe(opt, 130, train_acc=0.975, train_loss=0.0199, weight_norm=3.0)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1 / 3)
+    # back at the fit: the stay ends
+    assert observe(opt, 140, train_acc=1.0, train_loss=0.01, weight_norm=3.0) == []
+    assert opt.tuner.state_dict()["short_since"] is None
+
+
+def test_fit_tolerance_is_checked():
+    with pytest.raises(ValueError, match="fit_tolerance must be None or in"):
+        Phase2Tuner(fit_tolerance=1.5)
+
+
 def test_non_finite_loss_rolls_back_and_cuts_the_step():
     model, x, y = _fit()
     opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=1.0, switch=StepSwitch(0))
