@@ -64,6 +64,31 @@ def test_modular_seed_decides_split() -> None:
     assert _pairs(a.x_train) != _pairs(c.x_train)
 
 
+@pytest.mark.parametrize("noise", [0.1, 0.25])
+def test_modular_label_noise_corrupts_that_share_of_training_labels_only(noise: float) -> None:
+    p = 29
+    clean = modular_arithmetic(op="mul", p=p, train_fraction=0.5, seed=4)
+    d = modular_arithmetic(op="mul", p=p, train_fraction=0.5, seed=4, label_noise=noise)
+    assert torch.equal(d.x_train, clean.x_train) and torch.equal(d.x_val, clean.x_val)
+    assert torch.equal(d.y_val, clean.y_val)  # validation stays true
+    truth = torch.tensor([BRUTE_FORCE["mul"](a, b, p) for a, b, _ in d.x_train.tolist()])
+    wrong = (d.y_train != truth).nonzero().flatten()
+    assert wrong.numel() == round(noise * d.n_train)  # every corrupted label is a wrong one
+    assert set(wrong.tolist()) == set(d.extras["corrupted"].tolist())
+    assert int(d.y_train.min()) >= 0 and int(d.y_train.max()) < p
+    again = modular_arithmetic(op="mul", p=p, train_fraction=0.5, seed=4, label_noise=noise)
+    assert torch.equal(d.y_train, again.y_train)  # seeded
+    assert clean.extras["corrupted"].numel() == 0
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, "0.1", True])
+def test_modular_label_noise_is_checked(bad) -> None:
+    with pytest.raises(
+        ValueError, match=r"Invalid label_noise: .* \(accepted: a number in \[0, 1\)\)"
+    ):
+        modular_arithmetic(p=11, label_noise=bad)
+
+
 @pytest.mark.parametrize(
     ("alias", "op"),
     [

@@ -35,6 +35,7 @@ class ModularDataConfig:
     p: int = 97
     train_fraction: float = 0.4
     form: str = "tokens"
+    label_noise: float = 0.0
 
 
 @dataclass

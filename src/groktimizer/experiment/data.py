@@ -238,6 +238,7 @@ def modular_arithmetic(
     train_fraction: float = 0.4,
     form: str = "tokens",
     seed: int = 0,
+    label_noise: float = 0.0,
 ) -> TaskData:
     """All pairs ``(a, b)`` with label ``op(a, b) mod p``; a seeded ``train_fraction`` for training.
 
@@ -250,12 +251,19 @@ def modular_arithmetic(
     MLPs): inputs ``[a, b]`` (vocab p, seq_len 2); the MLP embeds each operand, which is the same
     as a linear layer on the concatenated one-hot codes. Both are token ids; ``out_dim = p``.
     The training set is ``int(train_fraction * n_pairs)`` pairs (at least 1, at most all but 1).
+    ``label_noise`` in [0, 1): that fraction of the training pairs (rounded, seeded) gets a wrong
+    label drawn uniformly from the other p - 1 classes (corrupted modular arithmetic, as in the
+    memorisation-vs-generalisation studies); validation labels stay true. The split is the same
+    as without noise; ``extras["corrupted"]`` holds the corrupted training rows.
     """
     op = canonical_op(op)
     _check_int("p", p, 2, MAX_P)
     if op == "div" and not is_prime(p):
         raise ValueError(f"Invalid p: {p} (op 'div' needs a prime p)")
     _check_fraction("train_fraction", train_fraction)
+    ok = isinstance(label_noise, (int, float)) and not isinstance(label_noise, bool)
+    if not ok or not 0.0 <= label_noise < 1.0:
+        raise ValueError(f"Invalid label_noise: {label_noise!r} (accepted: a number in [0, 1))")
     if form not in _FORMS:
         raise ValueError(f"Invalid form: {form!r} (accepted: {sorted(_FORMS)})")
     form = _FORMS[form]
@@ -278,9 +286,15 @@ def modular_arithmetic(
     n_train = min(max(int(train_fraction * n), 1), n - 1)
     perm = torch.randperm(n, generator=g)
     tr, va = perm[:n_train], perm[n_train:]
+    y_train = y[tr].clone()
+    corrupted = torch.zeros(0, dtype=torch.int64)
+    if label_noise > 0:
+        corrupted = torch.randperm(n_train, generator=g)[: round(label_noise * n_train)]
+        shift = torch.randint(1, p, (corrupted.numel(),), generator=g)
+        y_train[corrupted] = (y_train[corrupted] + shift) % p  # any class but the true one
     return TaskData(
         x_train=x[tr],
-        y_train=y[tr],
+        y_train=y_train,
         x_val=x[va],
         y_val=y[va],
         input_kind="tokens",
@@ -289,7 +303,7 @@ def modular_arithmetic(
         name=f"modular_{op}_p{p}",
         vocab_size=vocab_size,
         seq_len=seq_len,
-        extras={"op": op, "p": p, "form": form},
+        extras={"op": op, "p": p, "form": form, "label_noise": label_noise, "corrupted": corrupted},
     )
 
 
