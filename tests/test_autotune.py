@@ -363,6 +363,21 @@ def test_a_run_settled_short_of_the_fit_lowers_lambda_in_place(tolerance):
     assert opt.tuner.state_dict()["short_since"] is None
 
 
+def test_a_rollback_ends_a_stay_short_of_the_fit():
+    """The stay is counted on the weights it was seen on: a rollback (a blow-up here) starts it
+    anew, so no cut comes one look after the rollback."""
+    model, x, y = _fit()
+    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=3.0, switch=StepSwitch(0))
+    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False, collapse_window=30)
+    assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
+    for step in (10, 20):
+        assert observe(opt, step, train_acc=0.975, train_loss=0.02, weight_norm=4.0) == []
+    (ev,) = observe(opt, 30, train_acc=0.975, train_loss=math.nan, weight_norm=4.0)
+    assert ev["event"] == "lr_backoff" and opt.tuner.state_dict()["short_since"] is None
+    assert observe(opt, 40, train_acc=0.975, train_loss=0.02, weight_norm=4.0) == []
+    assert opt.tuner.state_dict()["short_since"] == 40
+
+
 def test_fit_tolerance_is_checked():
     with pytest.raises(ValueError, match="fit_tolerance must be None or in"):
         Phase2Tuner(fit_tolerance=1.5)

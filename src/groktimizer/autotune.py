@@ -654,6 +654,7 @@ class Phase2Tuner:
         if (blown or acc_lost or loss_lost) and snap is not None:
             self._rollback(opt)
             self.dropped_since, self.drop_losses = None, []
+            self.short_since, self.short_losses = None, []  # other weights: a new stay
             lr_cut = blown or self.failed_since_good or not old_wd
             if blown and self.lr_auto:
                 self._probe(opt, closure, self.probe_iters, warm=False)
