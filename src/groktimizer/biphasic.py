@@ -127,8 +127,8 @@ class GROKtimizer(OptimizerWrapper):
         nesterov: Nesterov form of a CDM-family phase 2 (CDM, AdamCDM).
         switch: a ``SwitchCriterion`` (default: ``AccuracySwitch(0.99, patience=3,
             stall=1000)``: 99% train accuracy at 3 observations running, or no new best train
-            accuracy for 1,000 steps above 95%; 99.9% kept a minibatch phase 1 hovering at
-            99.3-99.8% in phase 1 until the stall rule, 1,300 steps late).
+            accuracy for 1,000 steps above 95%; at 99.9% a minibatch phase 1 hovering at
+            99.3-99.8% switched only by the stall rule, 1,300 steps late).
         lr_fraction: f in (0, 2): η·(h + λ) = f·2(1 + β), the fraction of heavy ball's bound
             (None: 0.5 for raw CDM, 1.0 in Adam's metric, where v damps overshooting modes).
         flat_rate: κ = ηλ in (0, 1) for the automatic λ.
