@@ -590,7 +590,7 @@ class Phase2Tuner:
             self.dropped_since, self.drop_losses = None, []
         elif self.dropped_since is None:
             self.dropped_since = int(step)
-        recovering = dropped and self._recovering(int(step), loss, "drop_losses")
+        recovering = dropped and self._recovering(int(step), loss, self.drop_losses)
         # ... unless the fit is gone: 90% of the accuracy phase 1 gained over its first
         # evaluation lost (a+b mod 97 in minibatches of 256: 99.9% to 10% train within 45 steps
         # of the switch, norm 129 to 30); waiting the window there cost 300 steps
@@ -626,7 +626,7 @@ class Phase2Tuner:
             self.short_since, self.short_losses = None, []
         elif self.short_since is None:
             self.short_since = int(step)
-        short_recovering = short and self._recovering(int(step), loss, "short_losses")
+        short_recovering = short and self._recovering(int(step), loss, self.short_losses)
         settled = (
             short
             and step - self.short_since >= self.collapse_window  # type: ignore[operator]
@@ -741,18 +741,17 @@ class Phase2Tuner:
             self.lr_ceiling = min(self.lr_ceiling or math.inf, new_lr)
         self.counts["decay_backoffs"] += 1
 
-    def _recovering(self, step: int, loss: float | None, history: str) -> bool:
+    def _recovering(self, step: int, loss: float | None, losses: list[tuple[int, float]]) -> bool:
         """During a fall of train accuracy (or a stay short of the fit): has the train loss
         come down by ``RECOVERY`` over the last third of the collapse window? (A stalled or
         worsening fall has not; a loss that keeps falling that fast must soon bring the
-        accuracy back.) ``history`` names the (step, loss) list kept for that state."""
+        accuracy back.) ``losses``, the (step, loss) list kept for that state, is updated in
+        place."""
         if loss is None or not math.isfinite(loss):
             return False
         back = step - self.collapse_window // 3
-        losses = getattr(self, history)
         past = [(s, v) for s, v in losses if s <= back]
-        losses = past[-1:] + [(s, v) for s, v in losses if s > back] + [(step, loss)]
-        setattr(self, history, losses)
+        losses[:] = past[-1:] + [(s, v) for s, v in losses if s > back] + [(step, loss)]
         return bool(past) and loss < self.RECOVERY * past[-1][1]
 
     def _backed_off(self, opt: Optimizer, lr: float, wd: float) -> tuple[float, float]:

@@ -144,10 +144,11 @@ def _check_size(what: str, elements: int) -> None:
         )
 
 
-def _check_fraction(name: str, value: Any) -> None:
+def _check_fraction(name: str, value: Any, zero_ok: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not 0.0 < value < 1.0:
-        raise ValueError(f"Invalid {name}: {value!r} (accepted: a number in (0, 1))")
+    if not ok or not (0.0 <= value if zero_ok else 0.0 < value) or not value < 1.0:
+        accepted = "[0, 1)" if zero_ok else "(0, 1)"
+        raise ValueError(f"Invalid {name}: {value!r} (accepted: a number in {accepted})")
 
 
 # --------------------------------------------------------------------------- modular arithmetic
@@ -261,9 +262,7 @@ def modular_arithmetic(
     if op == "div" and not is_prime(p):
         raise ValueError(f"Invalid p: {p} (op 'div' needs a prime p)")
     _check_fraction("train_fraction", train_fraction)
-    ok = isinstance(label_noise, (int, float)) and not isinstance(label_noise, bool)
-    if not ok or not 0.0 <= label_noise < 1.0:
-        raise ValueError(f"Invalid label_noise: {label_noise!r} (accepted: a number in [0, 1))")
+    _check_fraction("label_noise", label_noise, zero_ok=True)
     if form not in _FORMS:
         raise ValueError(f"Invalid form: {form!r} (accepted: {sorted(_FORMS)})")
     form = _FORMS[form]
