@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from groktimizer import CDM, GROKtimizer, StepSwitch, critical_momentum, observe, phase_of
-from groktimizer.autotune import LOOSEN_AFTER, Phase2Tuner, stability_bound, stable_lr
+from groktimizer.autotune import (
+    LOOSEN_AFTER,
+    NOISY_SHARE,
+    RAW_FRACTION,
+    Phase2Tuner,
+    stability_bound,
+    stable_lr,
+)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -185,8 +192,10 @@ def test_first_decay_back_off_lowers_lambda_to_the_gradients_signal_share(cos, n
     minibatch's) and the closure's at the same weights (a ``grad_noise`` event; none for a
     full-batch gradient, cos 1, nor with noise_decay=False; on by default, None here). λ stays;
     the first decay back-off sets λ := cos²·λ with η kept where cos² is under 1/3, and later
-    ones (or one where cos² is not under 1/3) cut λ 3x with η lowered to keep the step."""
+    ones (or one where cos² is not under 1/3) cut λ 3x with η lowered to keep the step. (The
+    trial of a larger step for a noisy gradient, noisy_step, is off here: tested below.)"""
     kw = {} if noise_decay is None else {"noise_decay": noise_decay}
+    kw["noisy_step"] = False
     H, w, closure, scale, opt, rec = _capped(True, collapse_window=0, **kw)
     lam, lr = rec["weight_decay"], rec["lr"]
     _grad_at_cos(w, (H @ w).detach(), cos)
@@ -214,6 +223,68 @@ def test_first_decay_back_off_lowers_lambda_to_the_gradients_signal_share(cos, n
         assert ev["weight_decay"] == pytest.approx(lam2 / 3, rel=1e-6) and ev["lr"] < lr2
     else:
         assert ev["weight_decay"] == pytest.approx(lam / 3, rel=1e-6) and ev["lr"] < lr
+
+
+@pytest.mark.parametrize("cos,noisy_step", [(0.4, None), (-0.5, True), (0.8, None), (0.4, False)])
+def test_a_noisy_gradient_tries_the_raw_fraction_of_the_bound_without_the_cap(cos, noisy_step):
+    """Where phase 2's first gradient is mostly noise (cos² < NOISY_SHARE = 1/2) the default
+    (None here) tries η at the raw metric's fraction of the bound (η·h + κ = ½·B(β(κ))), no step
+    cap, λ = κ/η; the first back-off in the trial rolls the weights back and returns to the capped
+    η and the switch's λ (lr_backoff, reason noisy_step), after which the capped run's rules hold:
+    the next decay back-off sets λ := cos²·λ. cos² >= 1/2, or noisy_step=False: no trial."""
+    kw = {} if noisy_step is None else {"noisy_step": noisy_step}
+    H, w, closure, scale, opt, rec = _capped(True, collapse_window=0, **kw)
+    cap, lam = rec["lr"], rec["weight_decay"]
+    _grad_at_cos(w, (H @ w).detach(), cos)
+    opt.step()
+    loss = float(closure().detach())
+    (ev,) = observe(opt, 1, closure=closure, train_loss=loss, train_acc=1.0)
+    assert ev["event"] == "grad_noise" and ev["cos2"] == pytest.approx(cos**2, rel=1e-6)
+    g = opt.param_groups[0]
+    if cos**2 >= NOISY_SHARE or noisy_step is False:
+        assert "noisy_step" not in ev and g["lr"] == pytest.approx(cap, rel=1e-9)
+        assert g["weight_decay"] == pytest.approx(lam)
+        return
+    beta = critical_momentum(1.0, 1e-3)
+    assert ev["noisy_step"] is True and ev["lr_capped"] == pytest.approx(cap, rel=1e-9)
+    assert g["lr"] == ev["lr"] > 10 * cap  # the bound here is far above the cap
+    assert ev["lr"] * 2.0 + 1e-3 == pytest.approx(RAW_FRACTION * stability_bound(beta), rel=1e-6)
+    assert g["weight_decay"] == pytest.approx(1e-3 / ev["lr"], rel=1e-6) == ev["weight_decay"]
+    assert g["momentum_used"] == pytest.approx(beta)
+    w_good = w.detach().clone()  # step 1 kept the fit: the last good state
+    for _ in range(3):
+        _grad_at_cos(w, (H @ w).detach(), cos)
+        opt.step()
+    assert not torch.equal(w.detach(), w_good)
+    (ev,) = observe(opt, 4, closure=closure, train_loss=loss, train_acc=0.5)  # the fit lost
+    assert ev["event"] == "lr_backoff" and ev["reason"] == "noisy_step" and ev["weights_changed"]
+    g = opt.param_groups[0]
+    assert ev["lr"] == pytest.approx(cap, rel=1e-9) == g["lr"]
+    assert ev["weight_decay"] == pytest.approx(lam) == g["weight_decay"]
+    assert ev["lr_backoffs"] == 1 and ev["cause"] in ("accuracy", "accuracy, recovering")
+    assert torch.equal(w.detach(), w_good)
+    assert all("momentum_buffer" not in st for st in opt.phase2.state.values())
+    (ev,) = observe(opt, 5, closure=closure, train_loss=loss, train_acc=0.5)
+    assert ev["event"] == "decay_backoff"  # the capped run's first back-off: λ·cos², η kept
+    assert ev["weight_decay"] == pytest.approx(cos**2 * lam, rel=1e-6)
+    assert ev["lr"] == pytest.approx(cap, rel=1e-9)
+
+
+def test_no_noisy_trial_where_the_bound_sits_under_the_cap():
+    """A curvature whose raw-fraction η is under the capped one keeps the capped run."""
+    H, w, closure, scale, opt, rec = _capped(True, eigs=(5e4, 1.0, 0.5))
+    assert rec["lr"] < 3e-3 * (1 - critical_momentum(1.0, 1e-3))  # the bound binds, not the cap
+    _grad_at_cos(w, (H @ w).detach(), 0.3)
+    opt.step()
+    loss = float(closure().detach())
+    (ev,) = observe(opt, 1, closure=closure, train_loss=loss, train_acc=1.0)
+    assert ev["event"] == "grad_noise" and ev["noisy_step"] is False
+    assert opt.param_groups[0]["lr"] == pytest.approx(rec["lr"], rel=1e-9)
+
+
+def test_noisy_step_is_checked():
+    with pytest.raises(ValueError, match="noisy_step must be a bool, got 1"):
+        Phase2Tuner(noisy_step=1)
 
 
 def test_noise_decay_is_checked():

@@ -17,6 +17,13 @@ what binds. CDM (raw metric) therefore re-measures every ``reestimate_every`` st
 the loss doubles (a few warm-started HVPs each time, η never above its switch value); AdamCDM
 re-measures after a blow-up.
 
+Noisy gradients. Where phase 2's first step's gradient is mostly noise (cos² against the
+full-batch one under ``NOISY_SHARE``), Adam's v is the noise's and no longer damps an overshooting
+mode, so phase 2 tries η at the raw metric's fraction of the bound, without the step cap, and
+λ = κ/η (``noisy_step``); the first back-off of any kind in that trial rolls back to the last good
+state and returns to the capped η and the switch's λ (event ``lr_backoff``, reason
+``noisy_step``): from there the run is the capped one.
+
 Weight decay. With ``κ = ηλ`` fixed the flat mode contracts at ``1 − ζ√κ`` per step whatever η
 is, and β = ``(1 − ζ√κ)²`` no longer depends on η, so ``η·h + κ = f·B(β)`` gives η in closed
 form and ``λ = κ/η``. ``κ`` (``flat_rate``) is dimensionless, so it carries from one model to
@@ -82,6 +89,13 @@ PRECONDITIONED_FRACTION = 1.0
 # at half of it (780 under the cap); the transformers' re-measured bound sits under the cap.
 LOOSENED_FRACTION = 1.0
 LOOSEN_AFTER = 20
+# A gradient whose signal share cos² (against the full-batch one, at phase 2's first step) is
+# under this is mostly noise (SNR < 1): Adam's v is then set by the noise, not by the steps, and
+# does not damp an overshooting mode, so phase 2 tries the raw metric's fraction of the bound with
+# no step cap (``Phase2Tuner(noisy_step=True)``). Measured on a+b mod 97, MLP, seeds 0-2: in
+# minibatches of 256 (cos² 0.05-0.17) η 1.7e-3-1.9e-3 against the cap's 1.87e-4, 790 / 810 / 790
+# steps against 1,200 / 1,220 / 1,210; at the bound itself (no cap) both seeds tried blew up.
+NOISY_SHARE = 0.5
 LossClosure = Callable[[], Tensor]
 
 
@@ -178,6 +192,11 @@ class Phase2Tuner:
             first step, cos between that step's gradient and the closure's at the same weights
             (see ``first_step``); the first decay back-off then sets λ := cos²·λ, η kept,
             where cos² is under ``decay_backoff`` (see ``_lower_decay``).
+        noisy_step: with both automatic in Adam's metric, where the cos² measured at phase 2's
+            first step (as for ``noise_decay``) is under ``NOISY_SHARE``, try η at
+            ``RAW_FRACTION`` of the bound (the given ``lr_fraction`` if any) with no step cap
+            and λ = κ/η, when that is above the capped η; the first back-off during the trial
+            returns to the capped η and the switch's λ (see ``_end_noisy_trial``).
         fit_tolerance: train accuracy more than this below the switch's (but within
             ``acc_drop``) for ``collapse_window`` steps with the loss no longer falling is a
             fixed point short of the fit: λ is lowered in place (None: never).
@@ -207,6 +226,7 @@ class Phase2Tuner:
         loosen_cap: bool = True,
         noise_decay: bool = True,
         fit_tolerance: float | None = 0.005,
+        noisy_step: bool = True,
     ) -> None:
         owner = "Phase2Tuner"
         if backoff_target not in ("fixed_point", "rate"):
@@ -240,6 +260,9 @@ class Phase2Tuner:
         if not isinstance(noise_decay, bool):
             raise ValueError(f"{owner}: noise_decay must be a bool, got {noise_decay!r}")
         self.noise_decay = noise_decay
+        if not isinstance(noisy_step, bool):
+            raise ValueError(f"{owner}: noisy_step must be a bool, got {noisy_step!r}")
+        self.noisy_step = noisy_step
         if fit_tolerance is not None:
             _real(owner, "fit_tolerance", fit_tolerance, 0.0, 1.0, "None or in (0, 1)")
         self.fit_tolerance = math.inf if fit_tolerance is None else float(fit_tolerance)
@@ -287,6 +310,7 @@ class Phase2Tuner:
         self.capped_lr: float | None = None  # η under the cap while a loosened one runs
         self.noise_due = False  # noise_decay: the measure at phase 2's first step is pending
         self.signal_share: float | None = None  # its cos², until the first decay back-off
+        self.noisy_trial: dict[str, Any] | None = None  # the capped (η, λ) while noisy_step runs
 
     # -- phase 1: only remember the scale of the loss ------------------------------------------
     def observe_phase1(self, metrics: dict[str, Any]) -> None:
@@ -446,7 +470,53 @@ class Phase2Tuner:
         if cos2 is None or cos2 >= 1 - self.NOISELESS:
             return []
         self.signal_share = cos2
-        return [self._event("grad_noise", step, self._record(opt, "noise"), cos2=cos2)]
+        info = self._try_noisy_step(opt) if cos2 < NOISY_SHARE else {}
+        return [self._event("grad_noise", step, self._record(opt, "noise"), cos2=cos2, **info)]
+
+    def _try_noisy_step(self, opt: Optimizer) -> dict[str, Any]:
+        """``noisy_step``: η at the raw metric's fraction of the bound for the switch's
+        curvature, no step cap, λ = κ/η, where both are automatic, the cap applies and this η
+        is above the capped one (a bound under the cap keeps the capped run); the capped (η, λ)
+        are kept for ``_end_noisy_trial``. Returns the event's extra fields."""
+        usable = self.noisy_step and self.lr_auto and self.weight_decay_auto and self.h is not None
+        if not usable or not self._cap_applies(opt):
+            return {}
+        kept = {
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "lr_fraction": self.lr_fraction,
+            "step_cap": self.step_cap,
+        }
+        self.lr_fraction = RAW_FRACTION if self.lr_fraction_given is None else self.lr_fraction
+        self.step_cap = None
+        lr, wd = self._solve(opt)
+        if not lr > float(kept["lr"]):
+            self.lr_fraction, self.step_cap = kept["lr_fraction"], kept["step_cap"]
+            return {"noisy_step": False}
+        self.noisy_trial = kept
+        self.lr = self.lr_ceiling = lr
+        self.weight_decay = wd
+        self.loosen_due = False
+        self._apply(opt)
+        return {"noisy_step": True, "lr_capped": kept["lr"]}
+
+    def _end_noisy_trial(self, opt: Optimizer) -> None:
+        """The trial failed: weights and optimizer state := the last good snapshot (momentum
+        := 0), η, λ, the fraction and the step cap := the capped run's. The signal share stays
+        for the first decay back-off: from here the run is the capped one. Measured (a+b mod 97,
+        MLP, minibatches of 128, seeds 0 / 1, cos² 0.066 / 0.048): the trial's η 2.6e-3 /
+        3.1e-3 lost the fit within 50 / 20 steps, and the run grokked at 1,720 / 1,740 steps
+        (the capped run alone: 1,650 for seed 0)."""
+        kept, self.noisy_trial = self.noisy_trial, None
+        assert kept is not None
+        self._rollback(opt)
+        self.dropped_since, self.drop_losses = None, []
+        self.short_since, self.short_losses = None, []
+        self.lr = self.lr_ceiling = kept["lr"]
+        self.weight_decay = kept["weight_decay"]
+        self.lr_fraction, self.step_cap = kept["lr_fraction"], kept["step_cap"]
+        self.counts["lr_backoffs"] += 1
+        self._apply(opt)
 
     @torch.no_grad()
     def _agreement(self, opt: Optimizer, closure: LossClosure | None) -> float | None:
@@ -651,7 +721,14 @@ class Phase2Tuner:
                 self.lr = self.lr_ceiling = old_lr = self.capped_lr
                 self.capped_lr = None
                 self._apply(opt)
-        if (blown or acc_lost or loss_lost) and snap is not None:
+        if (blown or acc_lost or loss_lost or soften or settled) and self.noisy_trial is not None:
+            self._end_noisy_trial(opt)
+            rec = self._record(opt, "noisy_step")
+            cause = "blow-up" if blown else ("accuracy" if acc_lost else "loss")
+            cause = "settled short of the fit" if settled else cause
+            cause = "accuracy, recovering" if soften else cause
+            events.append(self._event("lr_backoff", step, rec, **seen, cause=cause))
+        elif (blown or acc_lost or loss_lost) and snap is not None:
             self._rollback(opt)
             self.dropped_since, self.drop_losses = None, []
             self.short_since, self.short_losses = None, []  # other weights: a new stay
@@ -842,6 +919,7 @@ class Phase2Tuner:
         "h_switch",
         "loosen_due",
         "capped_lr",
+        "noisy_trial",
     )
 
     def state_dict(self) -> dict[str, Any]:
