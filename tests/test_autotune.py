@@ -233,7 +233,7 @@ def test_a_noisy_gradient_tries_the_raw_fraction_of_the_bound_without_the_cap(co
     η and the switch's λ (lr_backoff, reason noisy_step), after which the capped run's rules hold:
     the next decay back-off sets λ := cos²·λ. cos² >= 1/2, or noisy_step=False: no trial."""
     kw = {} if noisy_step is None else {"noisy_step": noisy_step}
-    H, w, closure, scale, opt, rec = _capped(True, collapse_window=0, **kw)
+    H, w, closure, scale, opt, rec = _capped(True, collapse_window=10, **kw)
     cap, lam = rec["lr"], rec["weight_decay"]
     _grad_at_cos(w, (H @ w).detach(), cos)
     opt.step()
@@ -256,18 +256,39 @@ def test_a_noisy_gradient_tries_the_raw_fraction_of_the_bound_without_the_cap(co
         _grad_at_cos(w, (H @ w).detach(), cos)
         opt.step()
     assert not torch.equal(w.detach(), w_good)
-    (ev,) = observe(opt, 4, closure=closure, train_loss=loss, train_acc=0.5)  # the fit lost
+    (ev,) = observe(opt, 4, closure=closure, train_loss=float("inf"))  # a blow-up
     assert ev["event"] == "lr_backoff" and ev["reason"] == "noisy_step" and ev["weights_changed"]
     g = opt.param_groups[0]
     assert ev["lr"] == pytest.approx(cap, rel=1e-9) == g["lr"]
     assert ev["weight_decay"] == pytest.approx(lam) == g["weight_decay"]
-    assert ev["lr_backoffs"] == 1 and ev["cause"] in ("accuracy", "accuracy, recovering")
+    assert ev["lr_backoffs"] == 1 and ev["cause"] == "blow-up"
     assert torch.equal(w.detach(), w_good)
     assert all("momentum_buffer" not in st for st in opt.phase2.state.values())
-    (ev,) = observe(opt, 5, closure=closure, train_loss=loss, train_acc=0.5)
+    assert not observe(opt, 5, closure=closure, train_loss=loss, train_acc=0.5)  # a fall starts
+    (ev,) = observe(opt, 15, closure=closure, train_loss=loss, train_acc=0.5)  # and lasts
     assert ev["event"] == "decay_backoff"  # the capped run's first back-off: λ·cos², η kept
     assert ev["weight_decay"] == pytest.approx(cos**2 * lam, rel=1e-6)
     assert ev["lr"] == pytest.approx(cap, rel=1e-9)
+
+
+def test_a_noisy_trial_that_outlives_a_collapse_window_at_the_fit_stands():
+    """At a good observation collapse_window steps after the switch the trial stands (auto_lr,
+    reason noisy_step_kept): a later blow-up halves its η (λ kept), no return to the cap."""
+    H, w, closure, scale, opt, rec = _capped(True, collapse_window=10)
+    _grad_at_cos(w, (H @ w).detach(), 0.4)
+    opt.step()
+    loss = float(closure().detach())
+    (ev,) = observe(opt, 1, closure=closure, train_loss=loss, train_acc=1.0)
+    trial_lr, trial_wd = ev["lr"], ev["weight_decay"]
+    assert ev["noisy_step"] is True and trial_lr > 10 * rec["lr"]
+    assert not observe(opt, 9, closure=closure, train_loss=loss, train_acc=1.0)
+    (ev,) = observe(opt, 10, closure=closure, train_loss=loss, train_acc=1.0)
+    assert ev["event"] == "auto_lr" and ev["reason"] == "noisy_step_kept"
+    assert ev["lr"] == trial_lr and ev["weight_decay"] == trial_wd
+    (ev,) = observe(opt, 11, closure=closure, train_loss=float("inf"))
+    assert ev["event"] == "lr_backoff" and ev["reason"] == "lr_backoff"
+    assert ev["lr"] == pytest.approx(0.5 * trial_lr, rel=1e-6)
+    assert ev["weight_decay"] == pytest.approx(trial_wd)
 
 
 def test_no_noisy_trial_where_the_bound_sits_under_the_cap():

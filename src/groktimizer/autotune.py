@@ -22,7 +22,9 @@ full-batch one under ``NOISY_SHARE``), Adam's v is the noise's and no longer dam
 mode, so phase 2 tries η at the raw metric's fraction of the bound, without the step cap, and
 λ = κ/η (``noisy_step``); the first back-off of any kind in that trial rolls back to the last good
 state and returns to the capped η and the switch's λ (event ``lr_backoff``, reason
-``noisy_step``): from there the run is the capped one.
+``noisy_step``): from there the run is the capped one. A trial at the fit ``collapse_window``
+steps after the switch stands (event ``auto_lr``, reason ``noisy_step_kept``): later back-offs
+start from its η and λ (λ/3, not the signal share).
 
 Weight decay. With ``κ = ηλ`` fixed the flat mode contracts at ``1 − ζ√κ`` per step whatever η
 is, and β = ``(1 − ζ√κ)²`` no longer depends on η, so ``η·h + κ = f·B(β)`` gives η in closed
@@ -196,7 +198,8 @@ class Phase2Tuner:
             first step (as for ``noise_decay``) is under ``NOISY_SHARE``, try η at
             ``RAW_FRACTION`` of the bound (the given ``lr_fraction`` if any) with no step cap
             and λ = κ/η, when that is above the capped η; the first back-off during the trial
-            returns to the capped η and the switch's λ (see ``_end_noisy_trial``).
+            returns to the capped η and the switch's λ (see ``_end_noisy_trial``); a trial at the
+            fit ``collapse_window`` steps after the switch stands.
         fit_tolerance: train accuracy more than this below the switch's (but within
             ``acc_drop``) for ``collapse_window`` steps with the loss no longer falling is a
             fixed point short of the fit: λ is lowered in place (None: never).
@@ -763,6 +766,12 @@ class Phase2Tuner:
             if good:
                 self._take_snapshot(opt, step, loss, wn)
                 self.failed_since_good = False
+                if self.noisy_trial is not None and step - self.switch_step >= self.collapse_window:
+                    # the trial outlived a collapse window at the fit: it stands, and later
+                    # back-offs start from its (η, λ) by the usual rules (λ/3, η with it)
+                    self.noisy_trial = self.signal_share = None
+                    rec = self._record(opt, "noisy_step_kept")
+                    events.append(self._event("auto_lr", step, rec))
             # the loosened cap is for a calm phase 2: an observation short of the switch's
             # accuracy or a loss that doubled since the last one cancels a pending loosening and
             # puts a loosened η back at the cap (2-layer transformer without LayerNorm, a-b mod
