@@ -513,8 +513,6 @@ class Phase2Tuner:
         kept, self.noisy_trial = self.noisy_trial, None
         assert kept is not None
         self._rollback(opt)
-        self.dropped_since, self.drop_losses = None, []
-        self.short_since, self.short_losses = None, []
         self.lr = self.lr_ceiling = kept["lr"]
         self.weight_decay = kept["weight_decay"]
         self.lr_fraction, self.step_cap = kept["lr_fraction"], kept["step_cap"]
@@ -727,14 +725,12 @@ class Phase2Tuner:
         if (blown or acc_lost or loss_lost or soften or settled) and self.noisy_trial is not None:
             self._end_noisy_trial(opt)
             rec = self._record(opt, "noisy_step")
-            cause = "blow-up" if blown else ("accuracy" if acc_lost else "loss")
-            cause = "settled short of the fit" if settled else cause
-            cause = "accuracy, recovering" if soften else cause
+            hits = [(blown, "blow-up"), (acc_lost, "accuracy"), (loss_lost, "loss")]
+            hits.append((soften, "accuracy, recovering"))
+            cause = next((c for hit, c in hits if hit), "settled short of the fit")
             events.append(self._event("lr_backoff", step, rec, **seen, cause=cause))
         elif (blown or acc_lost or loss_lost) and snap is not None:
             self._rollback(opt)
-            self.dropped_since, self.drop_losses = None, []
-            self.short_since, self.short_losses = None, []  # other weights: a new stay
             lr_cut = blown or self.failed_since_good or not old_wd
             if blown and self.lr_auto:
                 self._probe(opt, closure, self.probe_iters, warm=False)
@@ -895,6 +891,8 @@ class Phase2Tuner:
         for st in opt.state.values():
             st.pop("momentum_buffer", None)  # restart the heavy ball from rest
         self.prev_loss = snap["loss"]
+        self.dropped_since, self.drop_losses = None, []  # other weights: a new stay
+        self.short_since, self.short_losses = None, []
 
     # -- checkpoints --------------------------------------------------------------------------
     _STATE = (
