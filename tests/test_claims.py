@@ -470,3 +470,24 @@ def test_transformer_claims_count_every_outcome_and_fit_the_law_on_reached_runs(
     assert fits["Adam-l2 beta=0"]["slope"] is None
     per_eta = [f for f in ct.fits(runs) if f["eta"] != "pooled"]
     assert per_eta == []  # no single eta reached at 3 lambdas here
+
+
+def test_adam_cdm_l2_floors_the_carried_metric_before_its_first_step():
+    """The curvature probe at the switch reads ``denominators()`` before phase 2's first step:
+    the floor f·s must apply there already, with s measured from the second moments carried
+    from Adam (as the first step will measure it), else an entry whose v decayed towards 0 (an
+    embedding row no recent minibatch touched) inflates the measured curvature."""
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    adam = torch.optim.Adam([w], lr=1e-3, betas=(0.9, 0.98))
+    w.grad = torch.tensor([0.3, 0.2, 1e-6], dtype=torch.float64)  # the third: almost no v
+    adam.step()
+    opt = AdamCDML2([w], lr=0.01, weight_decay=0.5, metric_decay=True, scale_floor=0.1)
+    opt.init_from_adam(adam)
+    v_hat = adam.state[w]["exp_avg_sq"] / (1 - 0.98)
+    s = float(v_hat.sqrt().add(1e-8).median())  # the median of √v̂ + ε (0.2), as step 1 finds
+    (d,) = opt.denominators()
+    assert float(d[2]) == pytest.approx(0.1 * s + 1e-8, rel=1e-6)  # floored, not √v̂ ≈ 1e-6
+    assert torch.allclose(d[:2], v_hat[:2].sqrt() + 1e-8, rtol=1e-12)  # above the floor: as is
+    assert opt.param_groups[0]["metric_scale"] is None  # measured, not fixed, before the step
+    (pre,) = opt.preconditioner()
+    assert torch.allclose(pre, d.rsqrt(), rtol=1e-12)
