@@ -321,6 +321,22 @@ def _fit(seed=0):
     return model, x, y
 
 
+def _guarded(collapse_window, switch_at=0):
+    """A model and a GROKtimizer with explicit η 1e-3 and λ 3, guarded by the tuner."""
+    model, _, _ = _fit()
+    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=3.0, switch=StepSwitch(switch_at))
+    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False, collapse_window=collapse_window)
+    return model, opt
+
+
+@torch.no_grad()
+def _scale(model, factor):
+    """Scale every weight in place (decay winning: < 1; a noisy step: > 1); return copies."""
+    for p in model.parameters():
+        p.mul_(factor)
+    return [p.detach().clone() for p in model.parameters()]
+
+
 @pytest.mark.parametrize("target", ["fixed_point", "rate"])
 def test_decay_wins_is_rolled_back_and_lambda_lowered(target):
     model, x, y = _fit()
@@ -384,16 +400,11 @@ def test_a_fall_still_recovering_at_the_window_keeps_its_weights_a_stalled_one_r
     """A fall that lasts the window lowers λ; while its train loss still comes down (10% over a
     third of the window) the weights are kept (the fit is being rebuilt at a lower norm), and
     a new window starts; once the loss stalls past it, the rollback follows."""
-    model, x, y = _fit()
-    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=3.0, switch=StepSwitch(0))
-    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False, collapse_window=30)
+    model, opt = _guarded(collapse_window=30)
     assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
     assert observe(opt, 5, train_acc=1.0, train_loss=0.02, weight_norm=4.9) == []  # good state
     good = [p.detach().clone() for p in model.parameters()]
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(0.5)
-    fallen = [p.detach().clone() for p in model.parameters()]
+    fallen = _scale(model, 0.5)
     for step, acc, loss in [(10, 0.60, 2.0), (20, 0.58, 2.5), (30, 0.62, 2.2)]:
         assert observe(opt, step, train_acc=acc, train_loss=loss, weight_norm=2.5) == [], step
     # the window is over at 40; the loss fell 2.2 -> 1.8 (< 0.9 x 2.2) since step 30
@@ -418,15 +429,11 @@ def test_a_fall_with_the_norm_risen_cuts_the_step_not_the_decay():
     """Decay winning shrinks the weights; a fall of train accuracy whose weight norm rose since
     the last good state (here the switch's, whose norm the snapshot keeps) is the step's doing
     (minibatch noise): rolled back with η halved and λ kept, not λ cut."""
-    model, x, y = _fit()
-    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=3.0, switch=StepSwitch(10))
-    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False, collapse_window=300)
+    model, opt = _guarded(collapse_window=300, switch_at=10)
     assert observe(opt, 0, train_acc=0.5, train_loss=0.7, weight_norm=5.0) == []  # chance
     assert observe(opt, 10, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
     good = [p.detach().clone() for p in model.parameters()]
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(2.0)  # what a noisy step looks like: the fit goes, the norm grows
+    _scale(model, 2.0)  # what a noisy step looks like: the fit goes, the norm grows
     (ev,) = observe(opt, 20, train_acc=0.52, train_loss=0.69, weight_norm=10.0)
     assert ev["event"] == "lr_backoff" and ev["cause"] == "accuracy, norm risen"
     assert ev["weights_changed"] is True
@@ -436,37 +443,34 @@ def test_a_fall_with_the_norm_risen_cuts_the_step_not_the_decay():
         assert torch.equal(p, q)
     assert all("momentum_buffer" not in st for st in opt.state.values())
     # the same fall with the norm fallen is decay winning: λ / 3
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(0.1)
+    _scale(model, 0.1)
     (ev,) = observe(opt, 30, train_acc=0.52, train_loss=0.69, weight_norm=0.5)
     assert ev["event"] == "decay_backoff"
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(1.0)
+
+
+def _assert_step_halved_in_place(ev, opt, model, kept, what):
+    assert ev["event"] == "lr_backoff" and ev["weights_changed"] is False
+    assert ev["cause"] == f"{what}, norm risen (weights kept)"
+    g = opt.param_groups[0]
+    assert g["weight_decay"] == 3.0 and g["lr"] == pytest.approx(0.5e-3)  # λ kept, η halved
+    for p, k in zip(model.parameters(), kept, strict=True):
+        assert torch.equal(p, k)
 
 
 def test_a_recovering_fall_with_the_norm_risen_halves_the_step_in_place():
     """A fall still recovering at the window's end keeps its weights either way; with the norm
     above the last good state's, η is halved (λ kept) instead of λ cut, and a new window
     starts."""
-    model, x, y = _fit()
-    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=3.0, switch=StepSwitch(0))
-    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False, collapse_window=30)
+    model, opt = _guarded(collapse_window=30)
     assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
     assert observe(opt, 5, train_acc=1.0, train_loss=0.02, weight_norm=4.9) == []  # good state
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(2.0)
-    risen = [p.detach().clone() for p in model.parameters()]
+    risen = _scale(model, 2.0)
     # losses under 10x the good state's (a larger one with the norm up is a blow-up)
     for step, acc, loss in [(10, 0.60, 0.15), (20, 0.58, 0.18), (30, 0.62, 0.16)]:
         assert observe(opt, step, train_acc=acc, train_loss=loss, weight_norm=9.8) == [], step
     (ev,) = observe(opt, 40, train_acc=0.66, train_loss=0.13, weight_norm=9.8)  # still falling
-    assert ev["event"] == "lr_backoff" and ev["weights_changed"] is False
-    assert ev["cause"] == "accuracy, recovering, norm risen (weights kept)"
-    g = opt.param_groups[0]
-    assert g["weight_decay"] == 3.0 and g["lr"] == pytest.approx(0.5e-3)
-    for p, r in zip(model.parameters(), risen, strict=True):
-        assert torch.equal(p, r)
+    _assert_step_halved_in_place(ev, opt, model, risen, "accuracy, recovering")
     assert opt.tuner.state_dict()["dropped_since"] == 40  # a new window from here
 
 
@@ -516,9 +520,7 @@ def test_a_stay_short_of_the_fit_with_the_norm_risen_halves_the_step_once():
     not λ's fixed point: η halved, λ kept, weights kept, a new window; settled short again
     before the run is back at the fit, λ is cut (a fixed point approached from below is λ's);
     back at the fit, the next risen stay halves η again."""
-    model, x, y = _fit()
-    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=3.0, switch=StepSwitch(0))
-    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False, collapse_window=30)
+    model, opt = _guarded(collapse_window=30)
     assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
     kept = [p.detach().clone() for p in model.parameters()]
 
@@ -529,12 +531,8 @@ def test_a_stay_short_of_the_fit_with_the_norm_risen_halves_the_step_once():
         return observe(opt, last, train_acc=0.975, train_loss=0.02, weight_norm=norm0 + 3)
 
     (ev,) = stay(10, 40, 5.0)  # the norm 5 -> 8 over the stay
-    assert ev["event"] == "lr_backoff" and ev["weights_changed"] is False
-    assert ev["cause"] == "settled short of the fit, norm risen (weights kept)"
+    _assert_step_halved_in_place(ev, opt, model, kept, "settled short of the fit")
     g = opt.param_groups[0]
-    assert g["weight_decay"] == 3.0 and g["lr"] == pytest.approx(0.5e-3)
-    for p, k in zip(model.parameters(), kept, strict=True):
-        assert torch.equal(p, k)
     (ev,) = stay(50, 70, 8.0)  # a new window from 40, short again, not at the fit since: λ
     assert ev["event"] == "decay_backoff" and g["weight_decay"] == pytest.approx(1.0)
     assert observe(opt, 80, train_acc=1.0, train_loss=0.01, weight_norm=11.0) == []  # the fit
