@@ -540,6 +540,32 @@ def test_a_stay_short_of_the_fit_with_the_norm_risen_halves_the_step_once():
     assert ev["event"] == "lr_backoff" and g["weight_decay"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("cos", [0.4, 0.8])
+def test_a_stay_short_of_the_fit_in_a_noisy_run_halves_the_step_first(cos):
+    """Where phase 2's first gradient was mostly noise (cos² < NOISY_SHARE) a stay short of the
+    fit may be the step's noise floor, whatever the norm does: η halved first (λ kept); with a
+    gradient that is mostly signal the same stay (its norm falling) is λ's fixed point."""
+    H, w, closure, scale, opt, rec = _capped(True, collapse_window=30, noisy_step=False)
+    lam, lr = rec["weight_decay"], rec["lr"]
+    _grad_at_cos(w, (H @ w).detach(), cos)
+    opt.step()
+    loss = float(closure().detach())
+    (ev,) = observe(opt, 1, closure=closure, train_loss=loss, train_acc=1.0)
+    assert ev["event"] == "grad_noise" and (ev["cos2"] < NOISY_SHARE) == (cos**2 < NOISY_SHARE)
+    for step, norm in [(10, 4.0), (20, 3.9), (30, 3.8)]:  # short by 2.5 points, loss flat
+        assert observe(opt, step, train_loss=loss, train_acc=0.975, weight_norm=norm) == []
+    (ev,) = observe(opt, 40, train_loss=loss, train_acc=0.975, weight_norm=3.7)
+    g = opt.param_groups[0]
+    if cos**2 < NOISY_SHARE:
+        assert ev["event"] == "lr_backoff"
+        assert ev["cause"] == "settled short of the fit, noisy gradient (weights kept)"
+        assert g["weight_decay"] == pytest.approx(lam) and g["lr"] == pytest.approx(lr / 2)
+    else:
+        assert ev["event"] == "decay_backoff"
+        assert ev["cause"] == "settled short of the fit (weights kept)"
+        assert g["weight_decay"] == pytest.approx(lam / 3)
+
+
 def test_a_rollback_ends_a_stay_short_of_the_fit():
     """The stay is counted on the weights it was seen on: a rollback (a blow-up here) starts it
     anew, so no cut comes one look after the rollback."""
