@@ -428,7 +428,7 @@ def test_a_fall_still_recovering_at_the_window_keeps_its_weights_a_stalled_one_r
 def test_a_fall_with_the_norm_risen_cuts_the_step_not_the_decay():
     """Decay winning shrinks the weights; a fall of train accuracy whose weight norm rose since
     the last good state (here the switch's, whose norm the snapshot keeps) is the step's doing
-    (minibatch noise): rolled back with η halved and λ kept, not λ cut."""
+    (minibatch noise): rolled back with η halved and λ doubled (κ = ηλ kept), not λ cut."""
     model, opt = _guarded(collapse_window=300, switch_at=10)
     assert observe(opt, 0, train_acc=0.5, train_loss=0.7, weight_norm=5.0) == []  # chance
     assert observe(opt, 10, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
@@ -438,7 +438,7 @@ def test_a_fall_with_the_norm_risen_cuts_the_step_not_the_decay():
     assert ev["event"] == "lr_backoff" and ev["cause"] == "accuracy, norm risen"
     assert ev["weights_changed"] is True
     g = opt.param_groups[0]
-    assert g["weight_decay"] == 3.0 and g["lr"] == pytest.approx(0.5e-3)
+    assert g["lr"] == pytest.approx(0.5e-3) and g["weight_decay"] == pytest.approx(6.0)
     for p, q in zip(model.parameters(), good, strict=True):
         assert torch.equal(p, q)
     assert all("momentum_buffer" not in st for st in opt.state.values())
@@ -446,21 +446,22 @@ def test_a_fall_with_the_norm_risen_cuts_the_step_not_the_decay():
     _scale(model, 0.1)
     (ev,) = observe(opt, 30, train_acc=0.52, train_loss=0.69, weight_norm=0.5)
     assert ev["event"] == "decay_backoff"
-    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1.0)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(2.0)
 
 
 def _assert_step_halved_in_place(ev, opt, model, kept, what):
     assert ev["event"] == "lr_backoff" and ev["weights_changed"] is False
     assert ev["cause"] == f"{what}, norm risen (weights kept)"
     g = opt.param_groups[0]
-    assert g["weight_decay"] == 3.0 and g["lr"] == pytest.approx(0.5e-3)  # λ kept, η halved
+    # η halved, λ doubled: κ = ηλ (the flat mode's pace) and β kept
+    assert g["lr"] == pytest.approx(0.5e-3) and g["weight_decay"] == pytest.approx(6.0)
     for p, k in zip(model.parameters(), kept, strict=True):
         assert torch.equal(p, k)
 
 
 def test_a_recovering_fall_with_the_norm_risen_halves_the_step_in_place():
     """A fall still recovering at the window's end keeps its weights either way; with the norm
-    above the last good state's, η is halved (λ kept) instead of λ cut, and a new window
+    above the last good state's, η is halved (λ doubled: κ kept) instead of λ cut, and a new window
     starts."""
     model, opt = _guarded(collapse_window=30)
     assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
@@ -517,9 +518,9 @@ def test_a_run_settled_short_of_the_fit_lowers_lambda_in_place(tolerance):
 
 def test_a_stay_short_of_the_fit_with_the_norm_risen_halves_the_step_once():
     """A stay short of the fit whose weight norm rose since it began is the step's noise floor,
-    not λ's fixed point: η halved, λ kept, weights kept, a new window; settled short again
-    before the run is back at the fit, λ is cut (a fixed point approached from below is λ's);
-    back at the fit, the next risen stay halves η again."""
+    not λ's fixed point: η halved, λ doubled (κ kept), weights kept, a new window; settled
+    short again before the run is back at the fit, λ is cut (a fixed point approached from
+    below is λ's); back at the fit, the next risen stay halves η again."""
     model, opt = _guarded(collapse_window=30)
     assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
     kept = [p.detach().clone() for p in model.parameters()]
@@ -534,17 +535,17 @@ def test_a_stay_short_of_the_fit_with_the_norm_risen_halves_the_step_once():
     _assert_step_halved_in_place(ev, opt, model, kept, "settled short of the fit")
     g = opt.param_groups[0]
     (ev,) = stay(50, 70, 8.0)  # a new window from 40, short again, not at the fit since: λ
-    assert ev["event"] == "decay_backoff" and g["weight_decay"] == pytest.approx(1.0)
+    assert ev["event"] == "decay_backoff" and g["weight_decay"] == pytest.approx(2.0)
     assert observe(opt, 80, train_acc=1.0, train_loss=0.01, weight_norm=11.0) == []  # the fit
     (ev,) = stay(90, 120, 11.0)
-    assert ev["event"] == "lr_backoff" and g["weight_decay"] == pytest.approx(1.0)
+    assert ev["event"] == "lr_backoff" and g["weight_decay"] == pytest.approx(4.0)
 
 
 @pytest.mark.parametrize("cos", [0.4, 0.8])
 def test_a_stay_short_of_the_fit_in_a_noisy_run_halves_the_step_first(cos):
     """Where phase 2's first gradient was mostly noise (cos² < NOISY_SHARE) a stay short of the
-    fit may be the step's noise floor, whatever the norm does: η halved first (λ kept); with a
-    gradient that is mostly signal the same stay (its norm falling) is λ's fixed point."""
+    fit may be the step's noise floor, whatever the norm does: η halved first (κ = ηλ kept);
+    with a gradient that is mostly signal the same stay (its norm falling) is λ's fixed point."""
     H, w, closure, scale, opt, rec = _capped(True, collapse_window=30, noisy_step=False)
     lam, lr = rec["weight_decay"], rec["lr"]
     _grad_at_cos(w, (H @ w).detach(), cos)
@@ -559,7 +560,7 @@ def test_a_stay_short_of_the_fit_in_a_noisy_run_halves_the_step_first(cos):
     if cos**2 < NOISY_SHARE:
         assert ev["event"] == "lr_backoff"
         assert ev["cause"] == "settled short of the fit, noisy gradient (weights kept)"
-        assert g["weight_decay"] == pytest.approx(lam) and g["lr"] == pytest.approx(lr / 2)
+        assert g["lr"] == pytest.approx(lr / 2) and g["weight_decay"] == pytest.approx(2 * lam)
     else:
         assert ev["event"] == "decay_backoff"
         assert ev["cause"] == "settled short of the fit (weights kept)"
