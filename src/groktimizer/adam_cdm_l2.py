@@ -197,11 +197,13 @@ class AdamCDML2(Optimizer):
         """s as the first step would measure it from the second moments held now (carried
         from Adam at the switch); None where no parameter of the group has one."""
         held = [p for p in group["params"] if int(self.state.get(p, {}).get("step", 0)) > 0]
-        if not held:
-            return None
+        return self._scale_of(group, held) if held else None
+
+    def _scale_of(self, group: dict[str, Any], params: list[Tensor]) -> float:
+        """s measured over ``params``' second moments (``metric_scale``)."""
         return metric_scale(
-            [self.state[p]["exp_avg_sq"] for p in held],
-            [self.state[p]["step"] for p in held],
+            [self.state[p]["exp_avg_sq"] for p in params],
+            [self.state[p]["step"] for p in params],
             group["beta2"],
             group["eps"],
         )
@@ -261,12 +263,7 @@ class AdamCDML2(Optimizer):
                 st["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
             rule = group.get("scale_rule", "first")
             if (group["metric_scale"] is None or rule != "first") and params:
-                s_now = metric_scale(
-                    [self.state[p]["exp_avg_sq"] for p in params],
-                    [self.state[p]["step"] for p in params],
-                    beta2,
-                    eps,
-                )
+                s_now = self._scale_of(group, params)
                 s_old = group["metric_scale"]
                 keep_max = rule == "max" and s_old is not None
                 group["metric_scale"] = max(s_old, s_now) if keep_max else s_now

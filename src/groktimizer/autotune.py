@@ -158,6 +158,11 @@ def _int(owner: str, name: str, value: Any, low: int) -> None:
         raise ValueError(f"{owner}: {name} must be an int >= {low}, got {value!r}")
 
 
+def _below(a: float | None, b: float | None) -> bool:
+    """a < b, both known (weight norms: False where either is missing)."""
+    return a is not None and b is not None and a < b
+
+
 def _heavy_ball_form(opt: Optimizer) -> tuple[float, bool]:
     """(ζ, nesterov) of phase 2's first group, the defaults where it has none."""
     g0 = opt.param_groups[0]
@@ -656,8 +661,8 @@ class Phase2Tuner:
         loss = None if loss is None else float(loss)
         wn = None if wn is None else float(wn)
         snap = self.snapshot
-        norm_falling = wn is not None and snap is not None and snap["weight_norm"] is not None
-        norm_falling = norm_falling and wn < snap["weight_norm"]  # type: ignore[index,operator]
+        snap_norm = None if snap is None else snap["weight_norm"]
+        norm_falling = _below(wn, snap_norm)
         ref_loss = max(snap["loss"] if snap and snap["loss"] is not None else 0.0, 1e-12)
         events: list[dict[str, Any]] = []
 
@@ -729,7 +734,7 @@ class Phase2Tuner:
             and loss > 3 * self.loss_ceiling
         )
         noisy = self.noise_share is not None and self.noise_share < NOISY_SHARE
-        short_rose = self._norm_rose(wn, self.short_norm)
+        short_rose = _below(self.short_norm, wn)
         old_lr, old_wd = self.lr, self.weight_decay
         seen = dict(train_acc=acc, loss=loss, weight_norm=wn)
         seen.update(lr_before=old_lr, weight_decay_before=old_wd)
@@ -746,13 +751,12 @@ class Phase2Tuner:
             hits.append((soften, "accuracy, recovering"))
             cause = next((c for hit, c in hits if hit), "settled short of the fit")
             events.append(self._event("lr_backoff", step, rec, **seen, cause=cause))
-        elif (acc_lost or soften) and not blown and self._norm_rose(wn, snap):
-            what = "accuracy" if acc_lost else "accuracy, recovering"
-            events.append(self._step_backoff(opt, step, seen, what, "norm risen"))
+        elif (acc_lost or soften) and not blown and _below(snap_norm, wn):
+            events.append(self._step_backoff(opt, step, seen, acc_lost, soften, "norm risen"))
         elif settled and not self.short_step_cut and (short_rose or noisy):
             self.short_step_cut = True
             why = "norm risen" if short_rose else "noisy gradient"
-            events.append(self._step_backoff(opt, step, seen, "settled short of the fit", why))
+            events.append(self._step_backoff(opt, step, seen, False, False, why))
         elif (blown or acc_lost or loss_lost) and snap is not None:
             self._rollback(opt)
             lr_cut = blown or self.failed_since_good or not old_wd
@@ -770,11 +774,10 @@ class Phase2Tuner:
             events.append(self._event(name, step, rec, **seen, cause=cause))
         elif (soften or settled) and not blown:
             self._lower_decay(opt)
+            self._new_window(int(step), soften, wn)  # weights kept: a new window from here
             if soften:
-                self.dropped_since, self.drop_losses = int(step), []  # a new window from here
                 cause = "accuracy, recovering (weights kept)"
             else:
-                self.short_since, self.short_losses, self.short_norm = int(step), [], wn
                 self.short_step_cut = False
                 cause = "settled short of the fit (weights kept)"
             rec = self._set(opt, "decay_backoff")
@@ -830,17 +833,23 @@ class Phase2Tuner:
             self.prev_loss = loss
         return events
 
-    @staticmethod
-    def _norm_rose(wn: float | None, ref: dict[str, Any] | float | None) -> bool:
-        """Is the weight norm above the reference (a snapshot's, or a number)? Unknown: no."""
-        if isinstance(ref, dict):
-            ref = ref.get("weight_norm")
-        return wn is not None and ref is not None and wn > ref
+    def _new_window(self, step: int, fall: bool, wn: float | None) -> None:
+        """Weights kept after a back-off: the fall's (``fall``) or the stay's window restarts."""
+        if fall:
+            self.dropped_since, self.drop_losses = step, []
+        else:
+            self.short_since, self.short_losses, self.short_norm = step, [], wn
 
     def _step_backoff(
-        self, opt: Optimizer, step: int, seen: dict[str, Any], what: str, why: str
+        self,
+        opt: Optimizer,
+        step: int,
+        seen: dict[str, Any],
+        lost: bool,
+        recovering: bool,
+        why: str,
     ) -> dict[str, Any]:
-        """A fall of train accuracy (``what`` "accuracy": the fit lost; "accuracy, recovering")
+        """A fall of train accuracy (``lost``: the fit lost; ``recovering``: still recovering)
         with the weight norm risen, or a stay short of the fit with the norm risen or in a run
         whose gradient is mostly noise: decay did not win (it shrinks the weights), or the stay
         may be the step's noise floor (which a smaller η lowers, where λ's fixed point does not
@@ -859,19 +868,18 @@ class Phase2Tuner:
         λ cut there left it at 80% validation at 8,000 steps; η first, 4,940 steps. Its cost
         where the stay was λ's: sparse parity in minibatches of 128, seed 0, 1,260 against
         1,110 (one window, then λ·cos²)."""
-        lost = what == "accuracy"
         if lost and self.snapshot is not None:
             self._rollback(opt)
             self.failed_since_good = True
-        elif what == "accuracy, recovering":
-            self.dropped_since, self.drop_losses = int(step), []
-        else:
-            self.short_since, self.short_losses = int(step), []
-            self.short_norm = seen.get("weight_norm")
+        elif not lost:
+            self._new_window(int(step), recovering, seen.get("weight_norm"))
         self.counts["lr_backoffs"] += 1
         self.lr_ceiling = self.lr_backoff * float(self.lr)  # type: ignore[arg-type]
         self.weight_decay = float(self.weight_decay) / self.lr_backoff  # type: ignore[arg-type]
         rec = self._set(opt, "lr_backoff")
+        what = "settled short of the fit"
+        if lost or recovering:
+            what = "accuracy" if lost else "accuracy, recovering"
         kept = "" if lost else " (weights kept)"
         return self._event(
             "lr_backoff",
