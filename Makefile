@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: venv train test lint format bench clean-outputs \
-	table1 table2 table3 table4 table5 robustness robustness-cpu table_fair reproduce tables fair
+	table1 table2 table3 table4 table5 robustness robustness-cpu panel table_fair reproduce tables fair
 
 venv: $(STAMP)
 
@@ -65,6 +65,11 @@ robustness-cpu: $(STAMP)
 	$(ROBUST_CPU)
 	$(PY) -m groktimizer.analysis.tables outputs/multiruns/robustness/cpu --table robustness \
 		--out outputs/results/cpu/robustness --command "$(ROBUST_CPU:$(PY)=python)"
+
+# The regression panel (scripts/panel.py): the default on 23 setups outside the suite, one seed,
+# against the committed reference (outputs/results/cpu/panel/panel.json); exit 1 on a regression.
+panel: $(STAMP)
+	$(PY) scripts/panel.py --out outputs/multiruns/panel/cpu --workers 2
 
 tables: $(STAMP)
 	$(REPRODUCE) --build-only all
