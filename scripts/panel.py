@@ -102,7 +102,9 @@ def verdict(now: dict, ref: dict | None, slower: float, acc_drop: float, at_budg
     return "improved" if slower * t < r else "same"
 
 
-def table(rows: list[tuple[str, dict, dict | None, str]], ref_code: str | None) -> str:
+def table(
+    rows: list[tuple[str, dict, dict | None, str]], ref_code: str | None, command: str
+) -> str:
     def fig(s: dict | None) -> str:
         if s is None:
             return "–"
@@ -123,6 +125,9 @@ def table(rows: list[tuple[str, dict, dict | None, str]], ref_code: str | None) 
     out += [
         "",
         "t_gen99 (steps to 99% validation) or `>steps (final val acc)`; digits at the budget.",
+        f"Command: `{command}`; each job: `python train.py +experiment=robustness"
+        " +setting=<setting> method=groktimizer trainer.max_steps=<budget> trainer.seeds=[0]"
+        " <overrides>`.",
     ]
     return "\n".join(out) + "\n"
 
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             bad.append(name)
         rows.append((name, now, ref_jobs.get(name), v))
     res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / "panel.md").write_text(table(rows, reference.get("code")))
+    command = " ".join(["python scripts/panel.py", *(sys.argv[1:] if argv is None else argv)])
+    (res_dir / "panel.md").write_text(table(rows, reference.get("code"), command))
     codes = {s.get("code") for s in now_all.values()} - {None}
     if args.write_reference:
         code = ",".join(sorted(codes)) or None
