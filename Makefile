@@ -69,7 +69,7 @@ robustness-cpu: $(STAMP)
 # The regression panel (scripts/panel.py): the default on 23 setups outside the suite, one seed,
 # against the committed reference (outputs/results/cpu/panel/panel.json); exit 1 on a regression.
 panel: $(STAMP)
-	$(PY) scripts/panel.py --out outputs/multiruns/panel/cpu --workers 2
+	$(PY) scripts/panel.py --workers 2
 
 tables: $(STAMP)
 	$(REPRODUCE) --build-only all

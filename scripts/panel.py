@@ -7,11 +7,12 @@ transformers in minibatches, a-b mod 71 at width 256, large init, small p, tanh,
 label noise. A rule that helped the suite and broke one of these (a-b mod 71 in minibatches of
 128 stopped reaching 99% validation at 259d408, found by hand) is flagged here.
 
-    python scripts/panel.py --out outputs/multiruns/panel/cpu --workers 2
-    python scripts/panel.py --out ... --write-reference   # make these figures the reference
+    python scripts/panel.py --workers 2
+    python scripts/panel.py --workers 2 --write-reference   # make these figures the reference
 
 Each job is ``train.py +experiment=robustness +setting=<s> method=groktimizer <overrides>`` in
-``<out>/<setting>/<name>`` (re-running skips finished jobs). The table goes to
+``<out>/<setting>/<name>``, ``<out>`` by default ``outputs/multiruns/panel/<commit>`` (a new
+commit runs anew; re-running at one commit skips its finished jobs). The table goes to
 ``outputs/results/cpu/panel/panel.md`` with the reference beside; the exit status is 1 when a
 job regressed: not reached where the reference reached, more than ``--slower`` times the
 reference's steps, or (scored at the budget) a final accuracy lower by more than ``--acc-drop``.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +71,18 @@ PANEL: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "digits_mb50": ("digits_lowsample", 5000, (MB + "50",)),
 }
 REFERENCE = Path("outputs/results/cpu/panel/panel.json")
+
+
+def default_out() -> Path:
+    """``outputs/multiruns/panel/<short commit>[-dirty]``: runs of other code are not reused."""
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "nogit"
+    dirty = "-dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return Path("outputs/multiruns/panel") / f"{commit}{dirty}"
 
 
 def score(run: dict) -> dict:
@@ -134,7 +148,7 @@ def table(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("outputs/multiruns/panel/cpu"))
+    ap.add_argument("--out", type=Path, default=None, help="default: see default_out()")
     ap.add_argument("--results", type=Path, default=Path("outputs/results/cpu/panel"))
     ap.add_argument("--reference", type=Path, default=REFERENCE)
     ap.add_argument("--jobs", nargs="+", default=list(PANEL), choices=list(PANEL))
@@ -145,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.slower <= 1:
         ap.error(f"--slower must be > 1, got {args.slower}")
-    out = args.out if args.out.is_absolute() else ROOT / args.out
+    out = args.out or default_out()
+    out = out if out.is_absolute() else ROOT / out
     res_dir = args.results if args.results.is_absolute() else ROOT / args.results
     ref_path = args.reference if args.reference.is_absolute() else ROOT / args.reference
     (out / "logs").mkdir(parents=True, exist_ok=True)

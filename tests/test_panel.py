@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,12 @@ def test_a_regressed_job_fails_the_run_and_the_table_names_it(panel, tmp_path, m
     assert panel.main(args) == 0  # against its own figures
     with pytest.raises(SystemExit):
         panel.main([*args, "--slower", "1"])
+
+
+def test_the_default_output_folder_is_per_commit(panel):
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    out = panel.default_out()
+    assert out.parent == Path("outputs/multiruns/panel")
+    assert out.name.startswith(head or "nogit")
