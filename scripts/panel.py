@@ -195,9 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     res_dir.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python scripts/panel.py", *(sys.argv[1:] if argv is None else argv)])
     (res_dir / "panel.md").write_text(table(rows, reference.get("code"), command))
-    codes = {s.get("code") for s in now_all.values()} - {None}
     if args.write_reference:
-        code = ",".join(sorted(codes)) or None
+        code = ",".join(sorted({s.get("code") for s in now_all.values()} - {None})) or None
         ref_path.parent.mkdir(parents=True, exist_ok=True)
         ref_path.write_text(json.dumps({"code": code, "jobs": now_all}, indent=1) + "\n")
     log(f"table: {res_dir / 'panel.md'}; regressed: {', '.join(bad) or 'none'}")

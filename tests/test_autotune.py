@@ -559,7 +559,7 @@ def test_a_stay_short_of_the_fit_in_a_noisy_run_halves_the_step_first(cos, norm_
     share = ev["cos2"]  # the first decay back-off goes to λ·cos² where that is under λ/3
     # short by 2.5 points, loss flat; the norm down 7.5% over the stay, or under NORM_FLAT
     norms = [4.0, 3.9, 3.8, 3.7] if norm_fell else [4.0, 4.0, 3.99, 4.0 * (1 - NORM_FLAT) + 1e-3]
-    for step, norm in zip((10, 20, 30), norms, strict=False):
+    for step, norm in zip((10, 20, 30), norms[:-1], strict=True):
         assert observe(opt, step, train_loss=loss, train_acc=0.975, weight_norm=norm) == []
     (ev,) = observe(opt, 40, train_loss=loss, train_acc=0.975, weight_norm=norms[-1])
     g = opt.param_groups[0]

@@ -860,26 +860,24 @@ class Phase2Tuner:
         recovering: bool,
         why: str,
     ) -> dict[str, Any]:
-        """A fall of train accuracy (``lost``: the fit lost; ``recovering``: still recovering)
-        with the weight norm risen, or a stay short of the fit with the norm risen or in a run
-        whose gradient is mostly noise (its norm not down by more than ``NORM_FLAT``): decay did
-        not win (it shrinks the weights), or the stay may be the step's noise floor (which a
-        smaller η lowers, where λ's fixed point does not move with η), so η := lr_backoff · η;
-        a lost fit rolls back to the last good state, otherwise the weights are kept and a new
-        window starts. λ := λ / lr_backoff keeps κ =
-        ηλ (and β): the noise a step carries falls with η, the decay's pace along the flat
-        valley stays. Measured with λ kept instead (κ halved each time; a+b mod 97, MLP,
-        minibatches of 64, eval every 10, seeds 0-3): 3,900 / 3,210 / 3,420 / 4,470 against
+        """A fall of train accuracy (``lost``: the fit lost; ``recovering``: still recovering) with
+        the weight norm risen, or a stay short of the fit with the norm risen or in a run whose
+        gradient is mostly noise (its norm not down by more than ``NORM_FLAT``): decay did not win
+        (it shrinks the weights), or the stay may be the step's noise floor (which a smaller η
+        lowers, where λ's fixed point does not move with η), so η := lr_backoff · η; a lost fit
+        rolls back to the last good state, otherwise the weights are kept and a new window starts. λ
+        := λ / lr_backoff keeps κ = ηλ (and β): the noise a step carries falls with η, the decay's
+        pace along the flat valley stays. Measured with λ kept instead (κ halved each time; a+b mod
+        97, MLP, minibatches of 64, eval every 10, seeds 0-3): 3,900 / 3,210 / 3,420 / 4,470 against
         3,310 / 2,970 / 3,170 / 3,310 with κ kept; every 20 steps, seeds 0 / 1, 3,060 / 4,940
-        against 2,960 / 3,540; minibatches of 32, seeds 0 / 1, 7,970 / 8,710 against 7,220 /
-        7,820; sparse parity in minibatches of 128, seed 0, 1,260 against 1,300. Measured (a+b mod
-        97, MLP, minibatches of 64, seeds 0 / 1, 8,000 steps): the λ cuts this replaces left λ
-        at 0.02-0.0005 with the norm rising, and two of four runs short of 99% validation at
-        8,000 steps (0.4% and 85%). The noisy-gradient stay: seed 1 evaluated every 20 steps
-        (cos² 0.02) sat at 98% train with the norm flat (127.1 -> 127.0 over the stay), and the
-        λ cut there left it at 80% validation at 8,000 steps; η first, 4,940 steps. Its cost
-        where the stay was λ's: sparse parity in minibatches of 128, seed 0, 1,260 against
-        1,110 (one window, then λ·cos²)."""
+        against 2,960 / 3,540; minibatches of 32, seeds 0 / 1, 7,970 / 8,710 against 7,220 / 7,820;
+        sparse parity in minibatches of 128, seed 0, 1,260 against 1,300. Measured (a+b mod 97, MLP,
+        minibatches of 64, seeds 0 / 1, 8,000 steps): the λ cuts this replaces left λ at 0.02-0.0005
+        with the norm rising, and two of four runs short of 99% validation at 8,000 steps (0.4% and
+        85%). The noisy-gradient stay: seed 1 evaluated every 20 steps (cos² 0.02) sat at 98% train
+        with the norm flat (127.1 -> 127.0 over the stay), and the λ cut there left it at 80%
+        validation at 8,000 steps; η first, 4,940 steps. Its cost where the stay was λ's: sparse
+        parity in minibatches of 128, seed 0, 1,260 against 1,110 (one window, then λ·cos²)."""
         if lost and self.snapshot is not None:
             self._rollback(opt)
             self.failed_since_good = True
