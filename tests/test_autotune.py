@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -619,6 +620,38 @@ def test_tuner_state_resumes():
     opt2.load_state_dict(state)
     assert opt2.phase == 2 and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
     assert opt2.tuner.weight_decay == opt.tuner.weight_decay and opt2.tuner.h == opt.tuner.h
+
+
+def test_a_compiled_model_is_probed_by_differences_with_a_warning_and_a_record():
+    """torch.compile (AOTAutograd) has no double backward: before, the default crashed at the
+    switch. Now the probe falls back to central differences, says so once, and records it; on a
+    smooth model the curvature (hence η) equals the uncompiled run's."""
+    records = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 4))
+        run = torch.compile(model, backend="aot_eager") if compiled else model
+        x, y = torch.randn(96, 6), torch.randint(0, 4, (96,))
+        closure = lambda run=run, x=x, y=y: F.cross_entropy(run(x), y)  # noqa: E731
+        opt = GROKtimizer(model.parameters(), switch=StepSwitch(5))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for step in range(1, 31):
+                opt.zero_grad()
+                closure().backward()
+                opt.step()
+                loss = float(closure().detach())
+                observe(opt, step, closure=closure, train_loss=loss, train_acc=1.0)
+        fell_back = [w for w in caught if "central differences" in str(w.message)]
+        assert len(fell_back) == (1 if compiled else 0)
+        method = "finite_difference" if compiled else "autograd"
+        assert opt.phase == 2 and opt.tuner.hvp_used == method
+        records[compiled] = opt.auto_lr_record
+    assert records[True]["hvp"] == "finite_difference" and records[False]["hvp"] == "autograd"
+    assert records[True]["h_max"] == pytest.approx(records[False]["h_max"], rel=1e-3)
+    assert records[True]["lr"] == pytest.approx(records[False]["lr"], rel=1e-3)
+    with pytest.raises(ValueError, match="hvp must be one of auto, autograd, finite_difference"):
+        Phase2Tuner(hvp="forward")
 
 
 # ------------------------------------------------------------ the default in a user's own loop

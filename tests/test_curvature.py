@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from groktimizer import auto_lr, hvp, lanczos_top_eigenvalues, top_eigenvalue
+from groktimizer import auto_lr, hvp, lanczos_top_eigenvalues, top_eigenpair, top_eigenvalue
+from groktimizer.curvature import DoubleBackwardError
 
 
 def _quadratic(eigs, seed=0):
@@ -71,3 +72,113 @@ def test_auto_lr_formula_and_validation():
         auto_lr(1.0, 0.1, safety=0.0)
     with pytest.raises(ValueError, match="h_max"):
         auto_lr(0.0, 0.0)
+
+
+# --------------------------------------------------------------------------- no double backward
+
+
+class _TanhGrad(torch.autograd.Function):
+    """tanh's backward as a kernel with no derivative of its own (no ``backward``)."""
+
+    @staticmethod
+    def forward(ctx, g, y):
+        return g * (1 - y * y)
+
+
+class _FusedTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return _TanhGrad.apply(g, y)
+
+
+def _tanh_mlp(dtype, seed=0):
+    """Parameters and ``loss(act)`` of a tanh MLP on random data."""
+    torch.manual_seed(seed)
+    x, y = torch.randn(64, 5, dtype=dtype), torch.randn(64, dtype=dtype)
+    w = torch.randn(5, 16, dtype=dtype, requires_grad=True)
+    u = torch.randn(16, dtype=dtype, requires_grad=True)
+    return [w, u], lambda act: lambda: ((act(x @ w) @ u - y) ** 2).mean()
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-4), (torch.float32, 1e-2)])
+def test_finite_difference_hvp_matches_double_backward(dtype, rtol):
+    params, loss = _tanh_mlp(dtype)
+    v = [torch.randn_like(p) for p in params]
+    exact = hvp(loss(torch.tanh), params, v, method="autograd")
+    before = [p.detach().clone() for p in params]
+    fd = hvp(loss(torch.tanh), params, v, method="finite_difference")
+    for a, b in zip(fd, exact, strict=True):
+        assert (a - b).norm() <= rtol * b.norm()
+    # the weights are put back bit for bit and nothing is written into .grad
+    assert all(torch.equal(p, q) for p, q in zip(params, before, strict=True))
+    assert all(p.grad is None for p in params)
+
+
+def test_no_double_backward_falls_back_or_says_so():
+    params, loss = _tanh_mlp(torch.float64)
+    fused, ref = loss(_FusedTanh.apply), loss(torch.tanh)
+    v = [torch.randn_like(p) for p in params]
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(DoubleBackwardError, match="double backward failed.*backward or vjp"):
+        hvp(fused, params, v, method="autograd")
+    got = hvp(fused, params, v)  # "auto": central differences
+    exact = hvp(ref, params, v, method="autograd")
+    for a, b in zip(got, exact, strict=True):
+        assert (a - b).norm() <= 1e-4 * b.norm()
+    assert all(torch.equal(p, q) for p, q in zip(params, before, strict=True))
+    top = lanczos_top_eigenvalues(fused, params, iters=12)[0]
+    assert top == pytest.approx(lanczos_top_eigenvalues(ref, params, iters=12)[0], rel=1e-4)
+    with pytest.raises(ValueError, match="Invalid hvp method: 'double'.*auto, autograd"):
+        hvp(fused, params, v, method="double")
+
+
+def test_compiled_model_curvature_by_differences():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3))
+    x, y = torch.randn(128, 5), torch.randint(0, 3, (128,))
+    compiled = torch.compile(model, backend="aot_eager")  # AOTAutograd: no double backward
+    params = list(model.parameters())
+
+    def loss(m):
+        return lambda: torch.nn.functional.cross_entropy(m(x), y)
+
+    with pytest.raises(DoubleBackwardError):
+        top_eigenpair(loss(compiled), params, iters=10, hvp="autograd")
+    h_fd, _, n = top_eigenpair(loss(compiled), params, iters=10)
+    h_exact, _, _ = top_eigenpair(loss(model), params, iters=10, hvp="autograd")
+    assert n == 10
+    assert h_fd == pytest.approx(h_exact, rel=1e-3)
+
+
+class _OnceTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+
+def test_a_once_differentiable_function_is_not_differentiated_twice_silently():
+    """Double backward through it does not raise in torch but drops its terms (products off by
+    more than half here); the probe sees its node and takes differences instead."""
+    params, loss = _tanh_mlp(torch.float64)
+    once, ref = loss(_OnceTanh.apply), loss(torch.tanh)
+    v = [torch.randn_like(p) for p in params]
+    exact = hvp(ref, params, v, method="autograd")
+    with pytest.raises(DoubleBackwardError, match="once_differentiable"):
+        hvp(once, params, v, method="autograd")
+    for a, b in zip(hvp(once, params, v), exact, strict=True):
+        assert (a - b).norm() <= 1e-4 * b.norm()

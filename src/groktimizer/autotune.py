@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -80,7 +81,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .cdm import critical_momentum
-from .curvature import top_eigenpair
+from .curvature import HVP_METHODS, DoubleBackwardError, top_eigenpair
 
 __all__ = ["Phase2Tuner", "stability_bound", "stable_lr", "LR_AUTO_SAFETY_RANGE"]
 
@@ -228,6 +229,10 @@ class Phase2Tuner:
         fit_tolerance: train accuracy more than this below the switch's (but within
             ``acc_drop``) for ``collapse_window`` steps with the loss no longer falling is a
             fixed point short of the fit: λ is lowered in place (None: never).
+        hvp: how the curvature probe takes Hessian-vector products (``HVP_METHODS``): "auto"
+            by double backward, by central differences of gradients from the first probe where
+            the closure has no double backward (a ``torch.compile``-d model, a
+            ``once_differentiable`` function; warned once, and every record says which).
     """
 
     FIT_GONE = 0.1  # accuracy back within 10% of the gain over chance: lost, no need to wait
@@ -255,8 +260,15 @@ class Phase2Tuner:
         noise_decay: bool = True,
         fit_tolerance: float | None = 0.005,
         noisy_step: bool = True,
+        hvp: str = "auto",
     ) -> None:
         owner = "Phase2Tuner"
+        if hvp not in HVP_METHODS:
+            raise ValueError(f"{owner}: hvp must be one of {', '.join(HVP_METHODS)}, got {hvp!r}")
+        self.hvp = hvp
+        # the method the probes use: "auto" starts by double backward and stays on differences
+        # once that failed
+        self.hvp_used = "autograd" if hvp == "auto" else hvp
         if backoff_target not in ("fixed_point", "rate"):
             raise ValueError(
                 f"{owner}: backoff_target must be 'fixed_point' or 'rate', got {backoff_target!r}"
@@ -411,7 +423,22 @@ class Phase2Tuner:
         if scale is not None and all(x is None for x in scale):
             scale = None  # no second moment anywhere yet: the raw curvature is all there is
         v0 = self.eigvec if warm else None
-        h, vec, n = top_eigenpair(closure, params, iters=iters, scale=scale, v0=v0)
+        try:
+            h, vec, n = top_eigenpair(
+                closure, params, iters=iters, scale=scale, v0=v0, hvp=self.hvp_used
+            )
+        except DoubleBackwardError as err:
+            if self.hvp != "auto":
+                raise
+            self.hvp_used = "finite_difference"
+            warnings.warn(
+                f"GROKtimizer: {err.args[0].split(';')[0]}; the curvature probe takes central "
+                "differences of gradients from now on (two forward + backward passes each)",
+                stacklevel=2,
+            )
+            h, vec, n = top_eigenpair(
+                closure, params, iters=iters, scale=scale, v0=v0, hvp=self.hvp_used
+            )
         if not math.isfinite(h):
             raise ValueError(f"GROKtimizer: measured curvature is not finite ({h!r})")
         self.h, self.eigvec = h, vec
@@ -638,6 +665,7 @@ class Phase2Tuner:
             "fraction": None if self.lr_auto_safety is not None else self.lr_fraction,
             "safety": self.lr_auto_safety,
             "hvps": self._take_hvps(),
+            "hvp": self.hvp_used if self.lr_auto else None,
             "preconditioned": _preconditioned(opt),
             "step_cap": self.step_cap if _preconditioned(opt) else None,
             "grad_agreement": self.grad_agreement,
@@ -1025,6 +1053,7 @@ class Phase2Tuner:
         "loosen_due",
         "capped_lr",
         "noisy_trial",
+        "hvp_used",
     )
 
     def state_dict(self) -> dict[str, Any]:

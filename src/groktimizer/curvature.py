@@ -1,8 +1,25 @@
 """Hessian-vector products, top-eigenvalue estimates, and the automatic phase-2 step size.
 
 ``loss_fn()`` must return the loss (a scalar with graph) on the batch whose curvature is wanted,
-typically the full training set. Hessian-vector products use double backward:
-``Hv = ∇(∇L · v)``; nothing is written into ``.grad``.
+typically the full training set. Hessian-vector products use double backward,
+``Hv = ∇(∇L · v)``, where the model has one. Where it raises instead (a ``torch.compile``-d
+model: AOTAutograd has no double backward; a custom kernel whose backward has no derivative) or the
+gradient's graph does not fit in memory, ``hvp="auto"`` (the default) falls back to central
+differences of gradients, ``Hv ≈ (∇L(w + εv) − ∇L(w − εv)) / 2ε``: two forward + backward
+passes, the weights put back bit for bit afterwards. Nothing is written into ``.grad``.
+
+Differences also see the curvature of ReLU kinks, which double backward (second derivative 0
+almost everywhere) does not. Top eigenvalue at the switch (20 Lanczos steps), double backward →
+differences: default MLP on a+b mod 97, Adam's metric 17,563 → 18,758 (+7%), raw 14.6 → 15.3;
+1-layer transformer, Adam's metric 7,484 → 7,551 (+1%), raw 12.2 → 20.5; MLP of width 128 on
+p = 23 (``train.py`` with and without ``trainer.compile=true``) 4,270 → 6,819 (+60%). η from it
+comes out lower, never higher. Wall time: the same (20 products: MLP 5.9 s against 6.1 s,
+transformer 9.3 s against 10.1 s, one thread).
+
+A custom ``autograd.Function`` marked ``once_differentiable`` does not raise in double backward
+(torch 2.13): the terms that pass through its backward are dropped silently (a tanh MLP:
+products off by 63-90%). The graph of the gradient is therefore searched for the node such a
+function leaves, and where it is found "auto" takes differences and "autograd" raises.
 """
 
 from __future__ import annotations
@@ -14,7 +31,15 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["hvp", "top_eigenvalue", "top_eigenpair", "lanczos_top_eigenvalues", "auto_lr"]
+__all__ = [
+    "hvp",
+    "top_eigenvalue",
+    "top_eigenpair",
+    "lanczos_top_eigenvalues",
+    "auto_lr",
+    "HVP_METHODS",
+    "DoubleBackwardError",
+]
 
 LossFn = Callable[[], Tensor]
 
@@ -23,20 +48,97 @@ def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     return sum((x * y).sum() for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
 
 
-class _HessianOperator:
-    """Builds the gradient graph once; each ``__call__`` is one extra backward pass."""
+HVP_METHODS = ("auto", "autograd", "finite_difference")
+# ε of the central difference, relative to the weights: ε·‖v‖ = FD_STEP·(1 + ‖w‖). On the default
+# MLP at its switch (float32, ‖w‖ ≈ 130) the top curvature read 17,563 by double backward and
+# 29,970 / 19,203 / 18,758 / 19,083 at FD_STEP 1e-3 / 3e-4 / 1e-4 / 1e-5: larger steps cross more
+# ReLU kinks, and below 1e-4 float32 rounding takes over.
+FD_STEP = 1e-4
 
-    def __init__(self, loss_fn: LossFn, params: Sequence[Tensor]) -> None:
+
+class DoubleBackwardError(RuntimeError):
+    """``hvp="autograd"`` and the loss has no double backward (or its graph did not fit)."""
+
+
+def _check_method(method: str) -> None:
+    if method not in HVP_METHODS:
+        raise ValueError(f"Invalid hvp method: {method!r} (accepted: {', '.join(HVP_METHODS)})")
+
+
+def _holds_error_node(tensors: Sequence[Tensor]) -> bool:
+    """Does the graph behind ``tensors`` hold autograd's ``Error`` node, the one a
+    ``once_differentiable`` backward leaves where its own derivative would be?"""
+    seen: set[int] = set()
+    stack = [t.grad_fn for t in tensors]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.name() == "torch::autograd::Error":
+            return True
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
+
+
+class _HessianOperator:
+    """``H v`` of ``loss_fn()`` w.r.t. ``params``; ``method`` says how (see the module docstring).
+
+    By double backward the gradient graph is built once and each ``__call__`` is one extra
+    backward pass; by central differences each ``__call__`` is two forward + backward passes.
+    ``self.method`` is the one in use ("autograd" or "finite_difference").
+    """
+
+    # What a missing double backward (or no memory for its graph) raises.
+    _FAILURES = (RuntimeError, NotImplementedError)
+
+    def __init__(self, loss_fn: LossFn, params: Sequence[Tensor], method: str = "auto") -> None:
+        _check_method(method)
+        self.loss_fn = loss_fn
         self.params = list(params)
+        self.requested = method
+        self.method = "finite_difference" if method == "finite_difference" else "autograd"
+        self.grads: list[Tensor] = []
+        self.live: list[int] = []
+        if self.method == "autograd":
+            try:
+                self._build()
+            except self._FAILURES as err:
+                self._fall_back(err)
+
+    def _build(self) -> None:
         # The math attention kernel has a double backward; the fused CPU/flash ones do not.
         with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
-            loss = loss_fn()
+            loss = self.loss_fn()
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         # A gradient without graph (unused or linear parameter) has a zero Hessian row block.
         self.live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         self.grads = [grads[i] for i in self.live]
+        if _holds_error_node(self.grads):
+            raise RuntimeError(
+                "the gradient's graph passes through a once_differentiable backward, whose "
+                "derivative autograd would drop silently"
+            )
+
+    def _fall_back(self, err: BaseException) -> None:
+        self.grads, self.live = [], []  # free the graph
+        if self.requested == "autograd":
+            raise DoubleBackwardError(
+                f"Hessian-vector product by double backward failed ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); "
+                "use hvp='auto' or 'finite_difference'"
+            ) from err
+        self.method = "finite_difference"
 
     def __call__(self, v: Sequence[Tensor]) -> list[Tensor]:
+        if self.method == "autograd":
+            try:
+                return self._autograd(v)
+            except self._FAILURES as err:
+                self._fall_back(err)
+        return self._finite_difference(v)
+
+    def _autograd(self, v: Sequence[Tensor]) -> list[Tensor]:
         if not self.live:
             return [torch.zeros_like(p) for p in self.params]
         with torch.enable_grad():
@@ -52,10 +154,41 @@ class _HessianOperator:
             for p, h in zip(self.params, hv, strict=True)
         ]
 
+    def _gradient(self) -> list[Tensor]:
+        with torch.enable_grad():
+            grads = torch.autograd.grad(self.loss_fn(), self.params, allow_unused=True)
+        return [
+            torch.zeros_like(p) if g is None else g.detach()
+            for p, g in zip(self.params, grads, strict=True)
+        ]
 
-def hvp(loss_fn: LossFn, params: Sequence[Tensor], v: Sequence[Tensor]) -> list[Tensor]:
-    """Hessian-vector product ``H v`` of ``loss_fn()`` w.r.t. ``params`` (double backward)."""
-    return _HessianOperator(loss_fn, params)(v)
+    @torch.no_grad()
+    def _finite_difference(self, v: Sequence[Tensor]) -> list[Tensor]:
+        v_norm = math.sqrt(sum(float(x.double().pow(2).sum()) for x in v))
+        if v_norm == 0.0 or not self.params:
+            return [torch.zeros_like(p) for p in self.params]
+        w_norm = math.sqrt(sum(float(p.double().pow(2).sum()) for p in self.params))
+        eps = FD_STEP * (1.0 + w_norm) / v_norm
+        saved = [p.detach().clone() for p in self.params]
+        try:
+            for p, w, x in zip(self.params, saved, v, strict=True):
+                p.copy_(w + eps * x.to(p.dtype))
+            plus = self._gradient()
+            for p, w, x in zip(self.params, saved, v, strict=True):
+                p.copy_(w - eps * x.to(p.dtype))
+            minus = self._gradient()
+        finally:
+            for p, w in zip(self.params, saved, strict=True):
+                p.copy_(w)
+        return [(a - b) / (2 * eps) for a, b in zip(plus, minus, strict=True)]
+
+
+def hvp(
+    loss_fn: LossFn, params: Sequence[Tensor], v: Sequence[Tensor], method: str = "auto"
+) -> list[Tensor]:
+    """Hessian-vector product ``H v`` of ``loss_fn()`` w.r.t. ``params``; ``method`` is one of
+    ``HVP_METHODS`` (double backward, falling back to central differences under "auto")."""
+    return _HessianOperator(loss_fn, params, method)(v)
 
 
 def _random_unit(params: Sequence[Tensor], seed: int) -> list[Tensor]:
@@ -71,18 +204,20 @@ def top_eigenvalue(
     iters: int = 100,
     tol: float = 1e-4,
     seed: int = 0,
+    hvp: str = "auto",
 ) -> tuple[float, int]:
     """Power iteration on the Hessian: returns (Rayleigh quotient ``vᵀHv``, iterations used).
 
     Stops when the relative change of the Rayleigh quotient drops below ``tol`` or after
     ``iters`` iterations. The estimate is the eigenvalue of largest magnitude (signed).
+    ``hvp``: how Hessian-vector products are taken (``HVP_METHODS``, module docstring).
     """
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"top_eigenvalue: iters must be an int >= 1, got {iters!r}")
     if not tol > 0:
         raise ValueError(f"top_eigenvalue: tol must be a float > 0, got {tol!r}")
     params = [p for p in params if p.requires_grad]
-    op = _HessianOperator(loss_fn, params)
+    op = _HessianOperator(loss_fn, params, hvp)
     v = _random_unit(params, seed)
     eig = math.nan
     for it in range(1, iters + 1):
@@ -131,18 +266,20 @@ def lanczos_top_eigenvalues(
     k: int = 1,
     iters: int = 30,
     seed: int = 0,
+    hvp: str = "auto",
 ) -> list[float]:
     """Top-``k`` Ritz values of the Hessian by Lanczos with full reorthogonalisation.
 
     Converges much faster than power iteration when the top eigenvalues are close. Costs
-    ``iters`` Hessian-vector products and ``iters`` stored vectors.
+    ``iters`` Hessian-vector products and ``iters`` stored vectors; ``hvp`` as for
+    ``top_eigenvalue``.
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"lanczos_top_eigenvalues: k must be an int >= 1, got {k!r}")
     if not isinstance(iters, int) or iters < k:
         raise ValueError(f"lanczos_top_eigenvalues: iters must be an int >= k, got {iters!r}")
     params = [p for p in params if p.requires_grad]
-    op = _HessianOperator(loss_fn, params)
+    op = _HessianOperator(loss_fn, params, hvp)
     flat = lambda xs: torch.cat([x.reshape(-1) for x in xs]).double()  # noqa: E731
     q = flat(_random_unit(params, seed))
     shapes = [(p.shape, p.numel(), p.dtype) for p in params]
@@ -166,6 +303,7 @@ def top_eigenpair(
     scale: Sequence[Tensor | None] | None = None,
     v0: Sequence[Tensor] | None = None,
     seed: int = 0,
+    hvp: str = "auto",
 ) -> tuple[float, list[Tensor], int]:
     """Top eigenvalue and eigenvector of ``S H S`` by Lanczos (full reorthogonalisation).
 
@@ -175,7 +313,8 @@ def top_eigenpair(
     (e.g. the previous eigenvector); a little noise is mixed in so a new top mode can still be
     found. Returns ``(θ, v, hvps)``: the top Ritz value (a lower bound of the top eigenvalue that
     is tight after a few iterations), its unit Ritz vector and the number of Hessian-vector
-    products spent (each one extra backward pass).
+    products spent (each one extra backward pass, or two forward + backward passes by
+    central differences: ``hvp`` as for ``top_eigenvalue``).
     """
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"top_eigenpair: iters must be an int >= 1, got {iters!r}")
@@ -189,7 +328,7 @@ def top_eigenpair(
     ]
     ps = [params[i] for i in keep]
     ss = [scale[i].detach() for i in keep]  # type: ignore[union-attr]
-    op = _HessianOperator(loss_fn, ps)
+    op = _HessianOperator(loss_fn, ps, hvp)
     sizes = [p.numel() for p in ps]
 
     def flat(xs: Sequence[Tensor]) -> Tensor:
