@@ -182,3 +182,27 @@ def test_a_once_differentiable_function_is_not_differentiated_twice_silently():
         hvp(once, params, v, method="autograd")
     for a, b in zip(hvp(once, params, v), exact, strict=True):
         assert (a - b).norm() <= 1e-4 * b.norm()
+
+
+def test_differences_take_both_passes_with_the_same_dropout_mask():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 32), torch.nn.Tanh(), torch.nn.Dropout(0.5), torch.nn.Linear(32, 1)
+    ).double()
+    x, y = torch.randn(64, 5, dtype=torch.float64), torch.randn(64, 1, dtype=torch.float64)
+    params = list(model.parameters())
+    loss = lambda: ((model(x) - y) ** 2).mean()  # noqa: E731
+    v = [torch.randn_like(p) for p in params]
+    torch.manual_seed(1)
+    exact = hvp(loss, params, v, method="autograd")  # the first mask drawn after the seed
+    torch.manual_seed(1)
+    fd = hvp(loss, params, v, method="finite_difference")
+    for a, b in zip(fd, exact, strict=True):
+        assert (a - b).norm() <= 1e-4 * b.norm()
+    # and a whole probe keeps that mask, as double backward's single forward does
+    torch.manual_seed(1)
+    top = lanczos_top_eigenvalues(loss, params, iters=10, hvp="autograd")[0]
+    torch.manual_seed(1)
+    assert lanczos_top_eigenvalues(loss, params, iters=10, hvp="finite_difference")[0] == (
+        pytest.approx(top, rel=1e-4)
+    )

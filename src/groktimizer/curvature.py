@@ -6,7 +6,8 @@ typically the full training set. Hessian-vector products use double backward,
 model: AOTAutograd has no double backward; a custom kernel whose backward has no derivative) or the
 gradient's graph does not fit in memory, ``hvp="auto"`` (the default) falls back to central
 differences of gradients, ``Hv ≈ (∇L(w + εv) − ∇L(w − εv)) / 2ε``: two forward + backward
-passes, the weights put back bit for bit afterwards. Nothing is written into ``.grad``.
+passes, all of one probe with the same random numbers (dropout masks) as double backward's
+one forward, the weights put back bit for bit afterwards. Nothing is written into ``.grad``.
 
 Differences also see the curvature of ReLU kinks, which double backward (second derivative 0
 almost everywhere) does not. Top eigenvalue at the switch (20 Lanczos steps), double backward →
@@ -100,6 +101,7 @@ class _HessianOperator:
         self.method = "finite_difference" if method == "finite_difference" else "autograd"
         self.grads: list[Tensor] = []
         self.live: list[int] = []
+        self._rng: tuple[Tensor, list[Tensor]] | None = None  # see _gradient
         if self.method == "autograd":
             try:
                 self._build()
@@ -155,6 +157,16 @@ class _HessianOperator:
         ]
 
     def _gradient(self) -> list[Tensor]:
+        # Every pass draws the random numbers of the first one (dropout masks), as double
+        # backward differentiates one forward: a difference of two masks' gradients over 2ε
+        # would swamp the curvature.
+        cuda = sorted({p.device for p in self.params if p.device.type == "cuda"}, key=str)
+        if self._rng is None:
+            self._rng = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in cuda])
+        else:
+            torch.set_rng_state(self._rng[0])
+            for d, state in zip(cuda, self._rng[1], strict=True):
+                torch.cuda.set_rng_state(state, d)
         with torch.enable_grad():
             grads = torch.autograd.grad(self.loss_fn(), self.params, allow_unused=True)
         return [
