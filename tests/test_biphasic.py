@@ -177,6 +177,37 @@ def test_adam_cdm_phase2_receives_adam_metric_at_switch():
         assert opt.phase2.state[p]["step"] == 5
 
 
+def test_a_phase_1_without_adams_metric_caps_phase_2_by_the_default_adam_step():
+    """Phase 1 SGD: no exp_avg_sq to carry, and SGD's lr is not an Adam step. The step cap takes
+    the default phase 1's Adam step (1e-3); before, it took SGD's 0.1 (η 100x too large on
+    a+b mod 97, four blow-ups in a row)."""
+    x, y = _task(2)
+    model = _model(4)
+    loss = lambda: torch.nn.functional.mse_loss(model(x), y)  # noqa: E731
+    sgd = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+    opt = GROKtimizer(model.parameters(), phase1=sgd, switch=StepSwitch(5))
+    opt.set_curvature_closure(loss)
+    events = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+        events += opt.observe(opt.num_steps, train_loss=float(loss().detach()))
+    (switch,) = [e for e in events if e["event"] == "switch"]
+    assert switch["metric_carried"] == 0 and switch["adam_step_assumed"] == 1e-3
+    assert opt.tuner.phase1_lr == 1e-3
+    beta = opt.phase2.group_momentum(opt.phase2.param_groups[0])
+    cap = 3 * 1e-3 * (1 - beta)
+    assert opt.phase2.param_groups[0]["lr"] == pytest.approx(cap, rel=1e-9)  # the cap binds
+    # an Adam phase 1 that never stepped keeps its own lr as the reference
+    m2 = _model(5)
+    adam = functools.partial(torch.optim.Adam, lr=3e-3)
+    opt = GROKtimizer(m2.parameters(), phase1=adam, switch=StepSwitch(0))
+    opt.set_curvature_closure(lambda: torch.nn.functional.mse_loss(m2(x), y))
+    (switch,) = opt.observe(0, train_loss=1.0)
+    assert "adam_step_assumed" not in switch and opt.tuner.phase1_lr == 3e-3
+
+
 def test_auto_lr_on_a_quadratic():
     eigs = torch.tensor([8.0, 3.0, 1.0, 0.0, 0.0], dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
@@ -355,3 +386,41 @@ def test_default_switch_fires_on_a_stalled_phase_1_and_says_so():
     ok.observe(20, closure=other_closure, train_acc=0.99)
     events = ok.observe(30, closure=other_closure, train_acc=0.99)
     assert ok.phase == 2 and "cause" not in [e for e in events if e["event"] == "switch"][0]
+
+
+@pytest.mark.parametrize(
+    "switch,metrics,warned",
+    [
+        (None, {"train_loss": 0.5}, "train_acc"),  # the default reads train accuracy
+        (None, {"train_loss": 0.5, "train_acc": 0.5}, None),
+        ("loss", {"train_loss": 0.5}, None),
+        ("any", {"train_loss": 0.5}, None),  # its StepSwitch needs nothing
+        ("all", {"train_loss": 0.5}, "train_acc"),
+        ("rho", {"grad_norm": 1.0}, "rho (or grad_norm and weight_norm)"),
+    ],
+)
+def test_a_switch_that_never_gets_its_metric_is_warned_about_once(switch, metrics, warned):
+    import warnings
+
+    from groktimizer import AllSwitch, AnySwitch, LossSwitch, RhoSwitch
+    from groktimizer.biphasic import MISSING_METRIC_AFTER
+
+    crit = {
+        None: None,
+        "loss": LossSwitch(1e-9),
+        "any": AnySwitch(AccuracySwitch(), StepSwitch(10**6)),
+        "all": AllSwitch(AccuracySwitch(), LossSwitch(1e-9)),
+        "rho": RhoSwitch(weight_decay=1.0),
+    }[switch]
+    opt = GROKtimizer(_model().parameters(), switch=crit)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(1, 3 * MISSING_METRIC_AFTER):
+            opt.observe(step, **metrics)
+    said = [str(w.message) for w in caught if "observations have not given" in str(w.message)]
+    assert opt.phase == 1
+    if warned is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and f"reads {warned}, which" in said[0]
+        assert f"given: {', '.join(sorted(metrics))}" in said[0]

@@ -61,6 +61,7 @@ default_phase2: OptimizerFactory = functools.partial(
 )
 
 AUTO_PLACEHOLDER = {"lr": 1e-3, "weight_decay": 1.0}  # until the switch measures them
+MISSING_METRIC_AFTER = 100  # observations without the switch's metric before a warning
 
 
 def _normalize_groups(params: Any) -> list[dict[str, Any]]:
@@ -247,6 +248,8 @@ class GROKtimizer(OptimizerWrapper):
         self.switch_step: int | None = None
         self.num_steps = 0
         self.auto_lr_record: dict[str, Any] | None = None
+        self._seen_metrics: set[str] = set()  # names observe() has been given in phase 1
+        self._phase1_observations = 0
         self.metric_carried = 0
 
     # -- the active phase, seen as a plain optimizer ------------------------------------------
@@ -321,6 +324,7 @@ class GROKtimizer(OptimizerWrapper):
             return self._drain() + observe(self.phase2, step, closure=closure, **metrics)
         if self.tuner is not None:
             self.tuner.observe_phase1(metrics)
+        self._check_switch_metrics(metrics)
         events = observe(self.phase1, step, closure=closure, **metrics)
         wd = self.phase2.defaults.get("weight_decay")
         if wd and not self.weight_decay_auto:
@@ -341,17 +345,27 @@ class GROKtimizer(OptimizerWrapper):
                 f"GROKtimizer: already in phase 2 (switched at step {self.switch_step})"
             )
         step = self.num_steps if step is None else int(step)
+        closure = closure or self._curvature_closure
+        lr1 = self.phase1.param_groups[0].get("lr")
+        phase1_lr = float(lr1) if isinstance(lr1, (int, float)) else None
+        info: dict[str, Any] = {}
         if hasattr(self.phase2, "init_from_adam"):
             self.metric_carried = self.phase2.init_from_adam(self.phase1)
+            if self.metric_carried == 0 and self.phase1.state:
+                # Phase 1 stepped without Adam's second moment (SGD, say): its lr is not an Adam
+                # step, so the step cap takes the default phase 1's (phase 2 starts its second
+                # moment from its first gradient, as Adam does). a+b mod 97, MLP, phase 1 SGD
+                # with momentum 0.9, lr 0.1 / 0.03: 510 / 900 steps to 99%. With SGD's lr read
+                # as Adam's step, η came out 100x / 30x too large (four blow-ups in a row / a
+                # decay back-off and a blow-up): 850 / 1,210. With the metric started from the
+                # closure's gradient at the switch instead, so that the probe saw it, the
+                # curvature read 150,606 / 617,692 and η sat 7x / 30x under the cap: 710 / 1,540.
+                phase1_lr = float(default_phase1.keywords["lr"])
+                info["adam_step_assumed"] = phase1_lr
         if self.tuner is not None:
-            self._switch_closure = closure or self._curvature_closure
-            lr1 = self.phase1.param_groups[0].get("lr")
+            self._switch_closure = closure
             self.auto_lr_record = self.tuner.switch(
-                self.phase2,
-                closure or self._curvature_closure,
-                step,
-                metrics or {},
-                phase1_lr=float(lr1) if isinstance(lr1, (int, float)) else None,
+                self.phase2, closure, step, metrics or {}, phase1_lr=phase1_lr
             )
         self._phase = 2
         self.switch_step = step
@@ -360,10 +374,32 @@ class GROKtimizer(OptimizerWrapper):
             # built on phase 2 at the switch, from the step size phase 2 starts with (measured or
             # given), and stepped after every phase-2 step
             self.phase2_scheduler = self.phase2_scheduler_factory(self.phase2)
-        info = {"auto_lr": dict(self.auto_lr_record)} if self.auto_lr_record else {}
+        if self.auto_lr_record:
+            info["auto_lr"] = dict(self.auto_lr_record)
         if getattr(self.criterion, "stalled", False):
             info["cause"] = "stall"  # phase 1 stopped improving short of the threshold
         self._emit("switch", step, metric_carried=self.metric_carried, **info)
+
+    def _check_switch_metrics(self, metrics: dict[str, Any]) -> None:
+        """Warn once when ``MISSING_METRIC_AFTER`` observations have not given the switch what it
+        reads (the default's ``train_acc``, say, in a loop that observes only the loss): phase 2
+        would never start, and nothing else would say so."""
+        self._seen_metrics.update(k for k, v in metrics.items() if v is not None)
+        self._phase1_observations += 1
+        if self._phase1_observations != MISSING_METRIC_AFTER:
+            return
+        missing = self.criterion.waits_for(self._seen_metrics)
+        if missing:
+            import warnings
+
+            given = ", ".join(sorted(self._seen_metrics)) or "none"
+            warnings.warn(
+                f"GROKtimizer: the switch {self.criterion!r} reads {', '.join(missing)}, which "
+                f"{MISSING_METRIC_AFTER} observations have not given (given: {given}); phase 2 "
+                "starts only when it comes. Pass it to observe(), or a switch on what you "
+                "observe (LossSwitch, StepSwitch)",
+                stacklevel=3,
+            )
 
     def _warn_if_scheduled_from_phase1(self) -> None:
         """An LR scheduler built on this optimizer (not on ``opt.phase1``) keeps the phase-1 base

@@ -66,6 +66,11 @@ class SwitchCriterion:
             self.fired_step = int(step)
         return self.satisfied
 
+    def waits_for(self, seen: set[str]) -> list[str]:
+        """The metrics this criterion cannot fire without, of which none is in ``seen`` (the
+        names ``observe`` has been given so far): [] when it can fire on what it gets."""
+        return []
+
     def reset(self) -> None:
         self.satisfied = False
         self.fired_step = None
@@ -116,6 +121,11 @@ class _Held(SwitchCriterion):
         self.count = int(state["count"])
 
 
+def _one_metric(criterion: SwitchCriterion, seen: set[str]) -> list[str]:
+    metric = criterion.metric  # type: ignore[attr-defined]
+    return [] if metric in seen else [metric]
+
+
 class AccuracySwitch(_Held):
     """Satisfied once ``metrics[metric] ≥ threshold`` held ``patience`` consecutive times, or,
     with ``stall``, once the metric has stopped improving short of it: no new best for ``stall``
@@ -144,6 +154,8 @@ class AccuracySwitch(_Held):
         self.best: float | None = None
         self.best_step = 0
         self.stalled = False
+
+    waits_for = _one_metric
 
     def _condition(self, step: int, metrics: dict[str, Any]) -> bool | None:
         if metrics.get(self.metric) is None:
@@ -197,6 +209,8 @@ class LossSwitch(_Held):
         self.threshold = float(threshold)
         self.metric = metric
 
+    waits_for = _one_metric
+
     def _condition(self, step: int, metrics: dict[str, Any]) -> bool | None:
         if metrics.get(self.metric) is None:
             return None
@@ -249,6 +263,11 @@ class RhoSwitch(_Held):
         """ρ = ‖∇L‖ / (λ‖w‖); infinite when the weights are zero."""
         denom = weight_decay * weight_norm
         return math.inf if denom == 0 else float(grad_norm) / denom
+
+    def waits_for(self, seen: set[str]) -> list[str]:
+        if "rho" in seen or {"grad_norm", "weight_norm"} <= seen:
+            return []
+        return ["rho (or grad_norm and weight_norm)"]
 
     def _condition(self, step: int, metrics: dict[str, Any]) -> bool | None:
         if metrics.get("rho") is not None:
@@ -326,12 +345,19 @@ class _Composite(SwitchCriterion):
 class AnySwitch(_Composite):
     """Satisfied when any child is."""
 
+    def waits_for(self, seen: set[str]) -> list[str]:
+        waits = [c.waits_for(seen) for c in self.criteria]
+        return [] if not all(waits) else sorted({m for w in waits for m in w})
+
     def _combine(self, states: list[bool]) -> bool:
         return any(states)
 
 
 class AllSwitch(_Composite):
     """Satisfied when every child is (each child keeps its own last state)."""
+
+    def waits_for(self, seen: set[str]) -> list[str]:
+        return sorted({m for c in self.criteria for m in c.waits_for(seen)})
 
     def _combine(self, states: list[bool]) -> bool:
         return all(states)
