@@ -354,6 +354,10 @@ class Phase2Tuner:
         self.signal_share: float | None = None  # its cos², until the first decay back-off
         self.noise_share: float | None = None  # the same cos², kept for the whole run
         self.noisy_trial: dict[str, Any] | None = None  # the capped (η, λ) while noisy_step runs
+        # averages tensors over data-parallel ranks (set by GROKtimizer, see its ``distributed``):
+        # the probe's Hessian-vector products and the full-batch gradient, so every rank
+        # measures the same curvature and noise
+        self.reduce: Callable[[list[Tensor]], list[Tensor]] | None = None
 
     # -- phase 1: only remember the scale of the loss ------------------------------------------
     def observe_phase1(self, metrics: dict[str, Any]) -> None:
@@ -425,7 +429,13 @@ class Phase2Tuner:
         v0 = self.eigvec if warm else None
         try:
             h, vec, n = top_eigenpair(
-                closure, params, iters=iters, scale=scale, v0=v0, hvp=self.hvp_used
+                closure,
+                params,
+                iters=iters,
+                scale=scale,
+                v0=v0,
+                hvp=self.hvp_used,
+                reduce=self.reduce,
             )
         except DoubleBackwardError as err:
             if self.hvp != "auto":
@@ -437,7 +447,13 @@ class Phase2Tuner:
                 stacklevel=2,
             )
             h, vec, n = top_eigenpair(
-                closure, params, iters=iters, scale=scale, v0=v0, hvp=self.hvp_used
+                closure,
+                params,
+                iters=iters,
+                scale=scale,
+                v0=v0,
+                hvp=self.hvp_used,
+                reduce=self.reduce,
             )
         if not math.isfinite(h):
             raise ValueError(f"GROKtimizer: measured curvature is not finite ({h!r})")
@@ -587,6 +603,10 @@ class Phase2Tuner:
             return None
         with torch.enable_grad():
             full = torch.autograd.grad(closure(), params, allow_unused=True)
+        if self.reduce is not None:  # the mean over ranks' shards; p.grad is DDP's mean already
+            kept = [i for i, f in enumerate(full) if f is not None]
+            means = iter(self.reduce([full[i] for i in kept]))
+            full = tuple(next(means) if f is not None else None for f in full)
         dot = nn = ff = 0.0
         for p, f in zip(params, full, strict=True):
             if f is None:

@@ -40,6 +40,7 @@ from torch.optim import Optimizer
 from .adam_cdm_l2 import AdamCDML2
 from .autotune import Phase2Tuner
 from .cdm import CDM, check_lr, check_weight_decay
+from .distributed import MeanOverRanks, world_size
 from .switch import AccuracySwitch, RhoSwitch, SwitchCriterion
 from .wrapper import Event, OptimizerWrapper, observe
 
@@ -139,6 +140,10 @@ class GROKtimizer(OptimizerWrapper):
         curvature_closure: ``() -> loss`` with graph on the full training batch, used when
             ``observe``/``switch`` get no ``closure``.
         tuner: a ``Phase2Tuner`` replacing the one built from the arguments above.
+        distributed: average ``observe``'s metrics and the curvature probe over the ranks of
+            ``torch.distributed`` so every rank of a data-parallel job decides alike (None: when
+            it is initialised with 2+ processes; False: each rank on its own, for independent
+            runs per rank; see ``groktimizer.distributed``).
     """
 
     def __init__(
@@ -160,6 +165,7 @@ class GROKtimizer(OptimizerWrapper):
         curvature_closure: LossClosure | None = None,
         tuner: Phase2Tuner | None = None,
         phase2_scheduler: Callable[[Optimizer], Any] | None = None,
+        distributed: bool | None = None,
     ) -> None:
         del lr_auto_tol  # kept for old configs; Lanczos runs a fixed number of iterations
         if switch is not None and not isinstance(switch, SwitchCriterion):
@@ -173,6 +179,11 @@ class GROKtimizer(OptimizerWrapper):
             )
         self.phase2_scheduler_factory = phase2_scheduler
         self.phase2_scheduler: Any = None
+        if distributed is not None and not isinstance(distributed, bool):
+            raise ValueError(
+                f"GROKtimizer: distributed must be None, True or False, got {distributed!r}"
+            )
+        self.distributed = distributed
         if isinstance(lr, str) and lr != "auto":
             raise ValueError(f"GROKtimizer: lr must be a float > 0 or 'auto', got {lr!r}")
         if isinstance(weight_decay, str) and weight_decay != "auto":
@@ -317,6 +328,9 @@ class GROKtimizer(OptimizerWrapper):
         """
         step = self.num_steps if step is None else int(step)
         closure = closure or self._curvature_closure
+        mean = self._mean_over_ranks()
+        if mean is not None:
+            metrics = mean.metrics(metrics)
         if self._phase == 2:
             if self.tuner is not None:
                 for ev in self.tuner.observe(self.phase2, step, metrics, closure):
@@ -346,6 +360,7 @@ class GROKtimizer(OptimizerWrapper):
             )
         step = self.num_steps if step is None else int(step)
         closure = closure or self._curvature_closure
+        self._mean_over_ranks()
         lr1 = self.phase1.param_groups[0].get("lr")
         phase1_lr = float(lr1) if isinstance(lr1, (int, float)) else None
         info: dict[str, Any] = {}
@@ -379,6 +394,20 @@ class GROKtimizer(OptimizerWrapper):
         if getattr(self.criterion, "stalled", False):
             info["cause"] = "stall"  # phase 1 stopped improving short of the threshold
         self._emit("switch", step, metric_carried=self.metric_carried, **info)
+
+    def _mean_over_ranks(self) -> MeanOverRanks | None:
+        """The averaging over ranks when ``distributed`` is on (see ``__init__``), also handed
+        to the tuner for its probes; None otherwise."""
+        on = world_size() > 1 if self.distributed is None else self.distributed
+        if on and world_size() < 2:
+            raise RuntimeError(
+                "GROKtimizer: distributed=True needs torch.distributed initialised with 2 or "
+                f"more processes, got world size {world_size()}"
+            )
+        mean = MeanOverRanks() if on else None
+        if self.tuner is not None:
+            self.tuner.reduce = None if mean is None else mean.tensors
+        return mean
 
     def _check_switch_metrics(self, metrics: dict[str, Any]) -> None:
         """Warn once when ``MISSING_METRIC_AFTER`` observations have not given the switch what it

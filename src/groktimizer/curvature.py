@@ -93,8 +93,15 @@ class _HessianOperator:
     # What a missing double backward (or no memory for its graph) raises.
     _FAILURES = (RuntimeError, NotImplementedError)
 
-    def __init__(self, loss_fn: LossFn, params: Sequence[Tensor], method: str = "auto") -> None:
+    def __init__(
+        self,
+        loss_fn: LossFn,
+        params: Sequence[Tensor],
+        method: str = "auto",
+        reduce: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    ) -> None:
         _check_method(method)
+        self.reduce = reduce
         self.loss_fn = loss_fn
         self.params = list(params)
         self.requested = method
@@ -133,12 +140,15 @@ class _HessianOperator:
         self.method = "finite_difference"
 
     def __call__(self, v: Sequence[Tensor]) -> list[Tensor]:
+        hv = None
         if self.method == "autograd":
             try:
-                return self._autograd(v)
+                hv = self._autograd(v)
             except self._FAILURES as err:
                 self._fall_back(err)
-        return self._finite_difference(v)
+        if hv is None:
+            hv = self._finite_difference(v)
+        return hv if self.reduce is None else self.reduce(hv)
 
     def _autograd(self, v: Sequence[Tensor]) -> list[Tensor]:
         if not self.live:
@@ -316,6 +326,7 @@ def top_eigenpair(
     v0: Sequence[Tensor] | None = None,
     seed: int = 0,
     hvp: str = "auto",
+    reduce: Callable[[list[Tensor]], list[Tensor]] | None = None,
 ) -> tuple[float, list[Tensor], int]:
     """Top eigenvalue and eigenvector of ``S H S`` by Lanczos (full reorthogonalisation).
 
@@ -326,7 +337,8 @@ def top_eigenpair(
     found. Returns ``(θ, v, hvps)``: the top Ritz value (a lower bound of the top eigenvalue that
     is tight after a few iterations), its unit Ritz vector and the number of Hessian-vector
     products spent (each one extra backward pass, or two forward + backward passes by
-    central differences: ``hvp`` as for ``top_eigenvalue``).
+    central differences: ``hvp`` as for ``top_eigenvalue``). ``reduce`` maps each product to
+    the one used (GROKtimizer: the mean over data-parallel ranks, ``groktimizer.distributed``).
     """
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"top_eigenpair: iters must be an int >= 1, got {iters!r}")
@@ -340,7 +352,7 @@ def top_eigenpair(
     ]
     ps = [params[i] for i in keep]
     ss = [scale[i].detach() for i in keep]  # type: ignore[union-attr]
-    op = _HessianOperator(loss_fn, ps, hvp)
+    op = _HessianOperator(loss_fn, ps, hvp, reduce)
     sizes = [p.numel() for p in ps]
 
     def flat(xs: Sequence[Tensor]) -> Tensor:
