@@ -378,3 +378,28 @@ def test_auto_decay_reaches_the_decayed_group_with_no_decay_groups(compose):
     cfg = compose("method=groktimizer", "no_decay=[bias]")
     opt = build_optimizer(cfg, nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
     assert [g["weight_decay"] for g in opt.phase2.param_groups] == [1.0, 0.0]
+
+
+def test_a_compiled_model_switches_with_its_curvature_by_differences(
+    compose, tmp_path, monkeypatch
+):
+    """trainer.compile=true crashed at the switch (AOTAutograd has no double backward). The
+    backend is aot_eager here (same autograd, no C compiler); the default is inductor."""
+    import torch
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compile_(m, backend="aot_eager"))
+    cfg = compose(
+        "dataset.p=23",
+        "model.width=128",
+        "model.embed_dim=32",
+        "trainer.compile=true",
+        "trainer.max_steps=160",
+        "trainer.eval_every=10",
+    )
+    with pytest.warns(UserWarning, match="central differences"):
+        (res,) = Trainer(cfg, tmp_path).train()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    (switch,) = [e for e in saved["events"] if e["event"] == "switch"]
+    assert switch["auto_lr"]["hvp"] == "finite_difference"
+    assert saved["steps"] == 160 and saved["t_switch"] is not None
