@@ -157,12 +157,8 @@ def test_compiled_model_curvature_by_differences():
     assert h_fd == pytest.approx(h_exact, rel=1e-3)
 
 
-class _OnceTanh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
+class _OnceTanh(_FusedTanh):
+    """tanh whose backward is marked once_differentiable (its derivative dropped silently)."""
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -427,16 +427,14 @@ class Phase2Tuner:
         if scale is not None and all(x is None for x in scale):
             scale = None  # no second moment anywhere yet: the raw curvature is all there is
         v0 = self.eigvec if warm else None
-        try:
-            h, vec, n = top_eigenpair(
-                closure,
-                params,
-                iters=iters,
-                scale=scale,
-                v0=v0,
-                hvp=self.hvp_used,
-                reduce=self.reduce,
+
+        def probe() -> tuple[float, list[Tensor], int]:
+            return top_eigenpair(
+                closure, params, iters, scale, v0, hvp=self.hvp_used, reduce=self.reduce
             )
+
+        try:
+            h, vec, n = probe()
         except DoubleBackwardError as err:
             if self.hvp != "auto":
                 raise
@@ -446,15 +444,7 @@ class Phase2Tuner:
                 "differences of gradients from now on (two forward + backward passes each)",
                 stacklevel=2,
             )
-            h, vec, n = top_eigenpair(
-                closure,
-                params,
-                iters=iters,
-                scale=scale,
-                v0=v0,
-                hvp=self.hvp_used,
-                reduce=self.reduce,
-            )
+            h, vec, n = probe()
         if not math.isfinite(h):
             raise ValueError(f"GROKtimizer: measured curvature is not finite ({h!r})")
         self.h, self.eigvec = h, vec
