@@ -117,7 +117,8 @@ class GROKtimizer(OptimizerWrapper):
         params: parameters or param groups (group keys are phase-2 settings; ``'phase1'`` holds
             a dict of phase-1 settings for that group).
         phase1: ``params -> Optimizer`` (default: AdamW lr 1e-3, weight decay 0, betas
-            (0.9, 0.98)).
+            (0.9, 0.98)). One without Adam's second moment (SGD) works too: phase 2's step cap
+            then takes the default's Adam step, 1e-3 (see ``switch``).
         phase2: ``params -> Optimizer`` (default: ``default_phase2``, AdamCDML2 with
             ``damping``; ``AdamCDM`` and the paper's plain ``CDM`` also take ``nesterov``). A
             ``functools.partial`` may fix ``lr`` / ``weight_decay`` itself.
