@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from groktimizer import GROKtimizer, StepSwitch, observe
+from groktimizer import CDM, GROKtimizer, Guard, StepSwitch, observe
 from groktimizer.distributed import MeanOverRanks, world_size
 
 STEPS, SWITCH, WORLD = 30, 5, 2
@@ -62,7 +62,14 @@ def _worker(rank, port, distributed, out):
             MeanOverRanks().metrics({"train_acc": 1.0})
         except ValueError as err:
             bad = str(err)
-    out[rank] = (lr, weights, world_size(), bad)
+    # the Guard: one rank's loss jumps; averaged, both ranks roll back (else only that one)
+    m = _model()
+    guard = Guard(CDM(m.parameters(), lr=0.01, weight_decay=1e-3), distributed=distributed)
+    F.cross_entropy(m(x), y).backward()
+    guard.step()  # arms it
+    guard.observe(1, train_loss=1.0)
+    guard.observe(2, train_loss=1.0 if rank == 0 else 100.0)
+    out[rank] = (lr, weights, world_size(), bad, guard.counts["rollbacks"])
     torch.distributed.destroy_process_group()
 
 
@@ -90,13 +97,16 @@ def _run(distributed):
 
 @pytest.mark.parametrize("distributed", [None, False])
 def test_ranks_decide_alike_and_equal_one_process_on_the_union_of_their_shards(distributed):
-    (lr0, w0, world, bad0), (lr1, w1, _, bad1) = (_run(distributed)[r] for r in range(WORLD))
+    res = _run(distributed)
+    (lr0, w0, world, bad0, back0), (lr1, w1, _, bad1, back1) = (res[r] for r in range(WORLD))
     assert world == WORLD
     for bad in (bad0, bad1):
         assert "rank 0: train_loss; rank 1: train_acc" in bad
     if distributed is False:  # each rank on its own shard: they part ways, silently
         assert lr0 != lr1 and (w0 - w1).abs().max() > 1e-2
+        assert (back0, back1) == (0, 1)
         return
+    assert (back0, back1) == (1, 1)
     assert lr0 == lr1 and torch.equal(w0, w1)
     # the mean over two equal shards is the loss, gradient, curvature and accuracy of the union
     x, y = _data()
@@ -109,6 +119,8 @@ def test_ranks_decide_alike_and_equal_one_process_on_the_union_of_their_shards(d
 
 def test_distributed_true_without_a_group_says_so():
     model = _model()
+    with pytest.raises(ValueError, match="Guard: distributed must be None, True or False"):
+        Guard(CDM(model.parameters(), lr=0.1, weight_decay=1e-3), distributed=1)
     opt = GROKtimizer(model.parameters(), distributed=True)
     with pytest.raises(RuntimeError, match="distributed=True needs torch.distributed initialised"):
         opt.observe(1, train_acc=0.5)

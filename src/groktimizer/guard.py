@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .distributed import MeanOverRanks, world_size
 from .wrapper import Event, OptimizerWrapper, observe, phase_of
 
 __all__ = ["Guard"]
@@ -70,6 +71,10 @@ class Guard(OptimizerWrapper):
         restart_on_alignment: reset the momentum before a step when ``(g + λw)·Δw > 0``.
         check_every: with ``step(closure)``, the closure's loss is checked every this many
             steps (the trainer instead calls ``guard_observe`` at its evaluations).
+        distributed: average each checked loss over the ranks of ``torch.distributed``, so
+            every rank of a data-parallel job rolls back and restarts alike (None: when it is
+            initialised with 2+ processes; False: each rank on its own). Every rank must then
+            check at the same steps (``groktimizer.distributed``).
     """
 
     def __init__(
@@ -81,8 +86,11 @@ class Guard(OptimizerWrapper):
         restart_rise: float | None = None,
         restart_on_alignment: bool = False,
         check_every: int = 1,
+        distributed: bool | None = None,
     ) -> None:
         _positive("Guard", "rollback_ratio", rollback_ratio)
+        if distributed is not None and not isinstance(distributed, bool):
+            raise ValueError(f"Guard: distributed must be None, True or False, got {distributed!r}")
         if rollback_ratio <= 1:
             raise ValueError(f"Guard: rollback_ratio must be a float > 1, got {rollback_ratio!r}")
         _positive("Guard", "loss_floor", loss_floor)
@@ -101,6 +109,7 @@ class Guard(OptimizerWrapper):
         self.restart_rise = None if restart_rise is None else float(restart_rise)
         self.restart_on_alignment = bool(restart_on_alignment)
         self.check_every = check_every
+        self.distributed = distributed
         self.num_steps = 0
         self.armed = False
         self.last_loss: float | None = None  # loss at the previous check (phase 1 included)
@@ -204,6 +213,9 @@ class Guard(OptimizerWrapper):
         Its events come out of the next ``observe`` (or ``pop_events``).
         """
         loss = float(train_loss)
+        on = world_size() > 1 if self.distributed is None else self.distributed
+        if on:  # every rank checks here at the same steps: the mean over their shards
+            loss = float(MeanOverRanks().tensors([torch.tensor(loss, dtype=torch.float64)])[0])
         if not self.watching or not self.armed:
             self.last_loss = loss
             return False
