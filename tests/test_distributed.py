@@ -69,7 +69,8 @@ def _worker(rank, port, distributed, out):
     guard.step()  # arms it
     guard.observe(1, train_loss=1.0)
     guard.observe(2, train_loss=1.0 if rank == 0 else 100.0)
-    out[rank] = (lr, weights, world_size(), bad, guard.counts["rollbacks"])
+    mixed = MeanOverRanks().metrics({"epoch": 3, "k": rank, "loss": 1.0 + rank, "note": "x"})
+    out[rank] = (lr, weights, world_size(), bad, guard.counts["rollbacks"], mixed)
     torch.distributed.destroy_process_group()
 
 
@@ -98,8 +99,13 @@ def _run(distributed):
 @pytest.mark.parametrize("distributed", [None, False])
 def test_ranks_decide_alike_and_equal_one_process_on_the_union_of_their_shards(distributed):
     res = _run(distributed)
-    (lr0, w0, world, bad0, back0), (lr1, w1, _, bad1, back1) = (res[r] for r in range(WORLD))
+    (lr0, w0, world, bad0, back0, mix0), (lr1, w1, _, bad1, back1, mix1) = (
+        res[r] for r in range(WORLD)
+    )
     assert world == WORLD
+    # numbers averaged (an int where every rank agrees stays that int), the rest as given
+    assert mix0 == mix1 == {"epoch": 3, "k": 0.5, "loss": 1.5, "note": "x"}
+    assert isinstance(mix0["epoch"], int)
     for bad in (bad0, bad1):
         assert "rank 0: train_loss; rank 1: train_acc" in bad
     if distributed is False:  # each rank on its own shard: they part ways, silently

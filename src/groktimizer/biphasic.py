@@ -40,7 +40,7 @@ from torch.optim import Optimizer
 from .adam_cdm_l2 import AdamCDML2
 from .autotune import Phase2Tuner
 from .cdm import CDM, check_lr, check_weight_decay
-from .distributed import MeanOverRanks, world_size
+from .distributed import MeanOverRanks, check_setting, mean_over_ranks
 from .switch import AccuracySwitch, RhoSwitch, SwitchCriterion
 from .wrapper import Event, OptimizerWrapper, observe
 
@@ -180,10 +180,7 @@ class GROKtimizer(OptimizerWrapper):
             )
         self.phase2_scheduler_factory = phase2_scheduler
         self.phase2_scheduler: Any = None
-        if distributed is not None and not isinstance(distributed, bool):
-            raise ValueError(
-                f"GROKtimizer: distributed must be None, True or False, got {distributed!r}"
-            )
+        check_setting("GROKtimizer", distributed)
         self.distributed = distributed
         if isinstance(lr, str) and lr != "auto":
             raise ValueError(f"GROKtimizer: lr must be a float > 0 or 'auto', got {lr!r}")
@@ -399,13 +396,7 @@ class GROKtimizer(OptimizerWrapper):
     def _mean_over_ranks(self) -> MeanOverRanks | None:
         """The averaging over ranks when ``distributed`` is on (see ``__init__``), also handed
         to the tuner for its probes; None otherwise."""
-        on = world_size() > 1 if self.distributed is None else self.distributed
-        if on and world_size() < 2:
-            raise RuntimeError(
-                "GROKtimizer: distributed=True needs torch.distributed initialised with 2 or "
-                f"more processes, got world size {world_size()}"
-            )
-        mean = MeanOverRanks() if on else None
+        mean = mean_over_ranks("GROKtimizer", self.distributed)
         if self.tuner is not None:
             self.tuner.reduce = None if mean is None else mean.tensors
         return mean

@@ -109,6 +109,8 @@ class _HessianOperator:
         self.grads: list[Tensor] = []
         self.live: list[int] = []
         self._rng: tuple[Tensor, list[Tensor]] | None = None  # see _gradient
+        self._saved: list[Tensor] | None = None  # see _finite_difference
+        self._w_norm = 0.0
         if self.method == "autograd":
             try:
                 self._build()
@@ -189,9 +191,11 @@ class _HessianOperator:
         v_norm = math.sqrt(sum(float(x.double().pow(2).sum()) for x in v))
         if v_norm == 0.0 or not self.params:
             return [torch.zeros_like(p) for p in self.params]
-        w_norm = math.sqrt(sum(float(p.double().pow(2).sum()) for p in self.params))
-        eps = FD_STEP * (1.0 + w_norm) / v_norm
-        saved = [p.detach().clone() for p in self.params]
+        if self._saved is None:  # the weights every product of this operator is taken at
+            self._saved = [p.detach().clone() for p in self.params]
+            self._w_norm = math.sqrt(sum(float(w.double().pow(2).sum()) for w in self._saved))
+        saved = self._saved
+        eps = FD_STEP * (1.0 + self._w_norm) / v_norm
         try:
             for p, w, x in zip(self.params, saved, v, strict=True):
                 p.copy_(w + eps * x.to(p.dtype))

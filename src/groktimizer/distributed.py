@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["world_size", "MeanOverRanks"]
+__all__ = ["world_size", "MeanOverRanks", "check_setting", "mean_over_ranks"]
 
 
 def world_size() -> int:
@@ -33,6 +33,25 @@ def world_size() -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return 1
     return int(dist.get_world_size())
+
+
+def check_setting(owner: str, distributed: Any) -> None:
+    """``distributed`` as GROKtimizer and Guard take it: None (auto), True or False."""
+    if distributed is not None and not isinstance(distributed, bool):
+        raise ValueError(f"{owner}: distributed must be None, True or False, got {distributed!r}")
+
+
+def mean_over_ranks(owner: str, distributed: bool | None) -> MeanOverRanks | None:
+    """The averaging ``distributed`` asks for now (None: on with 2+ processes), or None."""
+    world = world_size()
+    if not (world > 1 if distributed is None else distributed):
+        return None
+    if world < 2:
+        raise RuntimeError(
+            f"{owner}: distributed=True needs torch.distributed initialised with 2 or more "
+            f"processes, got world size {world}"
+        )
+    return MeanOverRanks()
 
 
 class MeanOverRanks:
@@ -77,9 +96,9 @@ class MeanOverRanks:
         values = torch.tensor([float(metrics[k]) for k in names], dtype=torch.float64)
         total = values.clone()
         torch.distributed.all_reduce(total)
-        low, high = values.clone(), values.clone()
-        torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
-        torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+        spread = torch.cat([values, -values])  # max and -min in one reduction
+        torch.distributed.all_reduce(spread, op=torch.distributed.ReduceOp.MAX)
+        high, low = spread[: len(names)], -spread[len(names) :]
         out = dict(metrics)
         for k, t, lo, hi in zip(names, total.tolist(), low.tolist(), high.tolist(), strict=True):
             same_int = isinstance(metrics[k], int) and lo == hi

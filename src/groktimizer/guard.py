@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .distributed import MeanOverRanks, world_size
+from .distributed import check_setting, mean_over_ranks
 from .wrapper import Event, OptimizerWrapper, observe, phase_of
 
 __all__ = ["Guard"]
@@ -89,8 +89,7 @@ class Guard(OptimizerWrapper):
         distributed: bool | None = None,
     ) -> None:
         _positive("Guard", "rollback_ratio", rollback_ratio)
-        if distributed is not None and not isinstance(distributed, bool):
-            raise ValueError(f"Guard: distributed must be None, True or False, got {distributed!r}")
+        check_setting("Guard", distributed)
         if rollback_ratio <= 1:
             raise ValueError(f"Guard: rollback_ratio must be a float > 1, got {rollback_ratio!r}")
         _positive("Guard", "loss_floor", loss_floor)
@@ -213,9 +212,9 @@ class Guard(OptimizerWrapper):
         Its events come out of the next ``observe`` (or ``pop_events``).
         """
         loss = float(train_loss)
-        on = world_size() > 1 if self.distributed is None else self.distributed
-        if on:  # every rank checks here at the same steps: the mean over their shards
-            loss = float(MeanOverRanks().tensors([torch.tensor(loss, dtype=torch.float64)])[0])
+        mean = mean_over_ranks("Guard", self.distributed)
+        if mean is not None:  # every rank checks here at the same steps: the mean over shards
+            loss = float(mean.tensors([torch.tensor(loss, dtype=torch.float64)])[0])
         if not self.watching or not self.armed:
             self.last_loss = loss
             return False
