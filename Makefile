@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_loop.py
 	$(PY) bench/bench_ensemble.py
 	$(PY) bench/bench_scaling.py
+	$(PY) bench/bench_probe_memory.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests train.py bench scripts

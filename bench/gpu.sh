@@ -54,3 +54,4 @@ $PY bench/bench_ensemble.py --device cuda --threads 0 --configs default --seeds 
   --steps 200 --variants sweep,sweep_vmap
 $PY bench/bench_gpu.py --device cuda --sections trainer
 $PY bench/bench_scaling.py --device cuda --steps 200 --threads 0
+$PY bench/bench_probe_memory.py --device cuda --widths 4096,8192 --threads 0

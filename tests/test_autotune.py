@@ -654,6 +654,33 @@ def test_a_compiled_model_is_probed_by_differences_with_a_warning_and_a_record()
         Phase2Tuner(hvp="forward")
 
 
+def test_a_model_over_the_probe_memory_budget_gets_the_same_step(monkeypatch):
+    """Above ``LANCZOS_BASIS_BYTES`` the switch's probe keeps three vectors instead of twenty
+    (the full basis held 123x the weights: 9.8 GB for 21M parameters); η and λ are the same."""
+    from groktimizer import curvature
+
+    records, full_budget = {}, curvature.LANCZOS_BASIS_BYTES
+    for budget in (full_budget, 0):
+        monkeypatch.setattr(curvature, "LANCZOS_BASIS_BYTES", budget)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 4))
+        x, y = torch.randn(96, 6), torch.randint(0, 4, (96,))
+        closure = lambda model=model, x=x, y=y: F.cross_entropy(model(x), y)  # noqa: E731
+        opt = GROKtimizer(model.parameters(), switch=StepSwitch(5))
+        for step in range(1, 16):
+            opt.zero_grad()
+            closure().backward()
+            opt.step()
+            observe(opt, step, closure=closure, train_loss=float(closure().detach()), train_acc=1.0)
+        assert opt.phase == 2
+        records[budget] = opt.auto_lr_record
+    full, lean = records[full_budget], records[0]
+    assert lean["hvps"] == 2 * full["hvps"]
+    assert lean["h_max"] == pytest.approx(full["h_max"], rel=1e-4)
+    assert lean["lr"] == pytest.approx(full["lr"], rel=1e-4)
+    assert lean["weight_decay"] == pytest.approx(full["weight_decay"], rel=1e-4)
+
+
 # ------------------------------------------------------------ the default in a user's own loop
 class _Block(nn.Module):
     def __init__(self, d: int, heads: int) -> None:

@@ -65,6 +65,79 @@ def test_lanczos_top_eigenvalues():
     assert top == pytest.approx([10.0, 9.9, 7.0], rel=1e-6)
 
 
+def _mlp_probe(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 48),
+        torch.nn.Tanh(),
+        torch.nn.Linear(48, 48),
+        torch.nn.Tanh(),
+        torch.nn.Linear(48, 5),
+    )
+    x, y = torch.randn(64, 8), torch.randint(0, 5, (64,))
+    params = list(model.parameters())
+    scale = [torch.rand_like(p) + 0.5 for p in params]  # a diagonal metric, as AdamCDM's S
+    loss = lambda: torch.nn.functional.cross_entropy(model(x), y)  # noqa: E731
+    return loss, params, scale
+
+
+def test_lanczos_without_its_basis_finds_the_same_top_pair():
+    """Above the memory budget the probe keeps three vectors (three-term recurrence) and builds
+    the Ritz vector by a second pass: the same top eigenpair, twice the products."""
+    eigs = [12.0, 11.5, 6.0, *[1.0 / k for k in range(1, 60)]]
+    H, w, loss_fn = _quadratic(eigs, seed=4)
+    top = torch.linalg.eigh(H).eigenvectors[:, -1]
+    theta_full, (v_full,), n_full = top_eigenpair(loss_fn, [w], iters=25)
+    theta, (v,), n = top_eigenpair(loss_fn, [w], iters=25, basis_bytes=0)
+    assert theta == pytest.approx(12.0, rel=1e-8) and theta_full == pytest.approx(12.0, rel=1e-8)
+    assert n == 2 * n_full
+    assert abs(float(v @ top)) == pytest.approx(1.0, abs=1e-6)
+    assert abs(float(v_full @ top)) == pytest.approx(1.0, abs=1e-6)
+    assert lanczos_top_eigenvalues(loss_fn, [w], k=1, iters=25, basis_bytes=0) == pytest.approx(
+        [12.0], rel=1e-8
+    )
+    # a float32 MLP in a diagonal metric: the float32 recurrence against the float64 basis
+    loss, params, scale = _mlp_probe()
+    h_full, vec_full, _ = top_eigenpair(loss, params, iters=20, scale=scale)
+    h, vec, _ = top_eigenpair(loss, params, iters=20, scale=scale, basis_bytes=0)
+    assert h == pytest.approx(h_full, rel=1e-4)
+    cos = sum(float((a.double() * b.double()).sum()) for a, b in zip(vec, vec_full, strict=True))
+    assert abs(cos) > 0.999
+    assert all(p.grad is None for p in params)
+    with pytest.raises(ValueError, match="basis_bytes must be None or an int >= 0, got -1"):
+        top_eigenpair(loss, params, iters=5, basis_bytes=-1)
+
+
+def test_the_probe_keeps_its_basis_only_within_the_budget(monkeypatch):
+    """The budget decides: at 20 iterations 1 GiB holds 6.7M float64 parameters' vectors."""
+    from groktimizer import curvature
+
+    loss, params, scale = _mlp_probe(1)
+    numel = sum(p.numel() for p in params)
+    seen = []
+    real = curvature._lanczos
+
+    def spy(apply, q, iters, full=True, visit=None):
+        seen.append((full, q.dtype))
+        return real(apply, q, iters, full, visit)
+
+    assert curvature.LANCZOS_BASIS_BYTES == 2**30
+    assert curvature._keeps_basis(20, 6_710_886, None)
+    assert not curvature._keeps_basis(20, 6_710_887, None)
+    monkeypatch.setattr(curvature, "_lanczos", spy)
+    top_eigenpair(loss, params, iters=10, scale=scale, basis_bytes=10 * numel * 8)
+    top_eigenpair(loss, params, iters=10, scale=scale, basis_bytes=10 * numel * 8 - 1)
+    monkeypatch.setattr(curvature, "LANCZOS_BASIS_BYTES", 0)
+    top_eigenpair(loss, params, iters=10, scale=scale)
+    assert seen == [
+        (True, torch.float64),
+        (False, torch.float32),
+        (False, torch.float32),  # the second pass
+        (False, torch.float32),
+        (False, torch.float32),
+    ]
+
+
 def test_auto_lr_formula_and_validation():
     assert auto_lr(9.0, 1.0, safety=0.5) == pytest.approx(0.05)
     assert auto_lr(-9.0, 1.0, safety=1.0) == pytest.approx(0.1)  # largest |curvature|

@@ -55,6 +55,11 @@ HVP_METHODS = ("auto", "autograd", "finite_difference")
 # 29,970 / 19,203 / 18,758 / 19,083 at FD_STEP 1e-3 / 3e-4 / 1e-4 / 1e-5: larger steps cross more
 # ReLU kinks, and below 1e-4 float32 rounding takes over.
 FD_STEP = 1e-4
+# The Lanczos probes keep every Lanczos vector (float64, full reorthogonalisation) while they fit
+# in this many bytes; above, three float32 vectors (see ``top_eigenpair``). Kept whole, the 20
+# vectors of the switch's probe (and the copies the reorthogonalisation stacked) held 123x the
+# float32 weights: 9.8 GB for an MLP of 21M parameters.
+LANCZOS_BASIS_BYTES = 2**30
 
 
 class DoubleBackwardError(RuntimeError):
@@ -260,30 +265,97 @@ def top_eigenvalue(
 
 
 def _lanczos(
-    apply: Callable[[Tensor], Tensor], q: Tensor, iters: int
+    apply: Callable[[Tensor], Tensor],
+    q: Tensor,
+    iters: int,
+    full: bool = True,
+    visit: Callable[[int, Tensor], None] | None = None,
 ) -> tuple[list[Tensor], Tensor]:
-    """Lanczos with full reorthogonalisation from the unit vector ``q``: the ``m <= iters``
-    Lanczos vectors and the m x m tridiagonal matrix T (float64) whose eigenvalues are the Ritz
-    values. Stops early when the Krylov space is exhausted."""
-    basis, alphas, betas = [q], [], []
+    """Lanczos from the unit vector ``q``: the Lanczos vectors kept and the m x m tridiagonal
+    matrix T (float64, ``m <= iters``) whose eigenvalues are the Ritz values. Stops early when
+    the Krylov space is exhausted. ``full``: every Lanczos vector is kept and each new one is
+    orthogonalised (twice) against all of them; otherwise only the last two are kept, the
+    three-term recurrence orthogonalised against those (the top Ritz value converges the same
+    way; lower ones may repeat), and the list returned is empty. ``visit(j, q_j)`` sees each
+    Lanczos vector (``_ritz_vector`` uses it)."""
+    kept, alphas, betas = [q], [], []
     for j in range(iters):
-        w = apply(basis[j])
-        alpha = float(w @ basis[j])
+        cur = kept[-1]
+        if visit is not None:
+            visit(j, cur)
+        w = apply(cur)
+        alpha = float(w @ cur)
         alphas.append(alpha)
-        Q = torch.stack(basis)
-        w = w - Q.T @ (Q @ w)  # full reorthogonalisation against every Lanczos vector
-        w = w - Q.T @ (Q @ w)
+        against = kept if full else kept[-2:]
+        for _ in range(2):  # twice: one pass leaves rounding of the size it removes
+            for v in against:
+                w.sub_(v, alpha=float(w @ v))
         beta = float(w.norm())
         if j == iters - 1 or beta < 1e-10 * max(1.0, abs(alpha)):
             break
         betas.append(beta)
-        basis.append(w / beta)
+        kept.append(w.div_(beta))
+        if not full:
+            kept = kept[-2:]
     m = len(alphas)
     T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if m > 1:
         off = torch.tensor(betas[: m - 1], dtype=torch.float64)
         T += torch.diag(off, 1) + torch.diag(off, -1)
-    return basis[:m], T
+    return (kept[:m] if full else []), T
+
+
+def _ritz_vector(
+    apply: Callable[[Tensor], Tensor], q: Tensor, basis: list[Tensor], y: Tensor
+) -> tuple[Tensor, int]:
+    """``Σ y_j q_j`` over the Lanczos vectors from ``q`` and the products it took: from the kept
+    ``basis``, or (an empty one) by running the three-term recurrence again, ``len(y)`` more
+    products."""
+    ritz = torch.zeros_like(q)
+
+    def add(j: int, v: Tensor) -> None:
+        ritz.add_(v, alpha=float(y[j]))
+
+    if basis:
+        for j, v in enumerate(basis):
+            add(j, v)
+        return ritz, 0
+    _lanczos(apply, q, len(y), full=False, visit=add)
+    return ritz, len(y)
+
+
+def _keeps_basis(iters: int, numel: int, basis_bytes: int | None) -> bool:
+    """Whether ``iters`` float64 Lanczos vectors of ``numel`` entries fit in ``basis_bytes``
+    (None: ``LANCZOS_BASIS_BYTES``)."""
+    budget = LANCZOS_BASIS_BYTES if basis_bytes is None else basis_bytes
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
+        raise ValueError(f"basis_bytes must be None or an int >= 0, got {basis_bytes!r}")
+    return iters * numel * 8 <= budget
+
+
+def _flat_space(
+    params: Sequence[Tensor], dtype: torch.dtype
+) -> tuple[Callable[[Sequence[Tensor]], Tensor], Callable[[Tensor], list[Tensor]]]:
+    """``flat`` (tensors shaped as ``params`` -> one ``dtype`` vector) and its inverse ``unflat``
+    (back to each parameter's shape, dtype and device)."""
+    sizes = [p.numel() for p in params]
+
+    def flat(xs: Sequence[Tensor]) -> Tensor:
+        return torch.cat([x.reshape(-1).to(dtype) for x in xs])
+
+    def unflat(x: Tensor) -> list[Tensor]:
+        return [
+            part.reshape(p.shape).to(dtype=p.dtype, device=p.device)
+            for part, p in zip(torch.split(x, sizes), params, strict=True)
+        ]
+
+    return flat, unflat
+
+
+def _work_dtype(params: Sequence[Tensor], full: bool) -> torch.dtype:
+    """float64 where the Lanczos basis is kept (it fits) or the model is float64, else float32."""
+    wide = full or any(p.dtype == torch.float64 for p in params)
+    return torch.float64 if wide else torch.float32
 
 
 def lanczos_top_eigenvalues(
@@ -293,31 +365,26 @@ def lanczos_top_eigenvalues(
     iters: int = 30,
     seed: int = 0,
     hvp: str = "auto",
+    basis_bytes: int | None = None,
 ) -> list[float]:
-    """Top-``k`` Ritz values of the Hessian by Lanczos with full reorthogonalisation.
+    """Top-``k`` Ritz values of the Hessian by Lanczos.
 
     Converges much faster than power iteration when the top eigenvalues are close. Costs
-    ``iters`` Hessian-vector products and ``iters`` stored vectors; ``hvp`` as for
-    ``top_eigenvalue``.
+    ``iters`` Hessian-vector products; ``hvp`` as for ``top_eigenvalue``. With full
+    reorthogonalisation where the ``iters`` float64 Lanczos vectors fit in ``basis_bytes``
+    (None: ``LANCZOS_BASIS_BYTES``), else by the three-term recurrence in float32 (three vectors
+    kept; a converged value may then also appear among the lower ones).
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"lanczos_top_eigenvalues: k must be an int >= 1, got {k!r}")
     if not isinstance(iters, int) or iters < k:
         raise ValueError(f"lanczos_top_eigenvalues: iters must be an int >= k, got {iters!r}")
     params = [p for p in params if p.requires_grad]
+    full = _keeps_basis(iters, sum(p.numel() for p in params), basis_bytes)
     op = _HessianOperator(loss_fn, params, hvp)
-    flat = lambda xs: torch.cat([x.reshape(-1) for x in xs]).double()  # noqa: E731
+    flat, unflat = _flat_space(params, _work_dtype(params, full))
     q = flat(_random_unit(params, seed))
-    shapes = [(p.shape, p.numel(), p.dtype) for p in params]
-
-    def unflat(x: Tensor) -> list[Tensor]:
-        out, i = [], 0
-        for (shape, n, dtype), p in zip(shapes, params, strict=True):
-            out.append(x[i : i + n].reshape(shape).to(dtype=dtype, device=p.device))
-            i += n
-        return out
-
-    _, T = _lanczos(lambda x: flat(op(unflat(x))).to(q.device), q, iters)
+    _, T = _lanczos(lambda x: flat(op(unflat(x))).to(q.device), q, iters, full)
     eigs = torch.linalg.eigvalsh(T).flip(0)
     return [float(e) for e in eigs[:k]]
 
@@ -331,8 +398,9 @@ def top_eigenpair(
     seed: int = 0,
     hvp: str = "auto",
     reduce: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    basis_bytes: int | None = None,
 ) -> tuple[float, list[Tensor], int]:
-    """Top eigenvalue and eigenvector of ``S H S`` by Lanczos (full reorthogonalisation).
+    """Top eigenvalue and eigenvector of ``S H S`` by Lanczos.
 
     ``S`` is diagonal, given per parameter by ``scale`` (None: identity; a None entry drops that
     parameter from the probe). For AdamCDM, ``S = 1/√D`` and ``S H S`` has the spectrum of the
@@ -343,6 +411,12 @@ def top_eigenpair(
     products spent (each one extra backward pass, or two forward + backward passes by
     central differences: ``hvp`` as for ``top_eigenvalue``). ``reduce`` maps each product to
     the one used (GROKtimizer: the mean over data-parallel ranks, ``groktimizer.distributed``).
+
+    Memory: where the ``iters`` Lanczos vectors fit in ``basis_bytes`` as float64 (None:
+    ``LANCZOS_BASIS_BYTES``, 1 GiB: 6.7M parameters at 20 iterations) they are all kept, with
+    full reorthogonalisation; above, the probe keeps three float32 vectors (the three-term
+    recurrence) and runs it a second time to build the Ritz vector, so it takes about twice the
+    products and about 10x the float32 weights' memory whatever ``iters`` is.
     """
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"top_eigenpair: iters must be an int >= 1, got {iters!r}")
@@ -355,20 +429,10 @@ def top_eigenpair(
         if p.requires_grad and s is not None
     ]
     ps = [params[i] for i in keep]
-    ss = [scale[i].detach() for i in keep]  # type: ignore[union-attr]
+    full = _keeps_basis(iters, sum(p.numel() for p in ps), basis_bytes)
     op = _HessianOperator(loss_fn, ps, hvp, reduce)
-    sizes = [p.numel() for p in ps]
-
-    def flat(xs: Sequence[Tensor]) -> Tensor:
-        return torch.cat([x.reshape(-1).double() for x in xs])
-
-    def unflat(x: Tensor) -> list[Tensor]:
-        out = []
-        for part, p in zip(torch.split(x, sizes), ps, strict=True):
-            out.append(part.reshape(p.shape).to(dtype=p.dtype, device=p.device))
-        return out
-
-    s_flat = flat(ss)
+    flat, unflat = _flat_space(ps, _work_dtype(ps, full))
+    s_flat = flat([scale[i].detach() for i in keep])  # type: ignore[union-attr]
 
     def apply(x: Tensor) -> Tensor:
         return s_flat * flat(op(unflat(s_flat * x)))
@@ -379,16 +443,17 @@ def top_eigenpair(
         if float(w0.norm()) > 0:
             q = w0 / w0.norm() + 0.1 * q  # warm start, with noise to escape a stale mode
     q = q / q.norm()
-    basis, T = _lanczos(apply, q, iters)
+    basis, T = _lanczos(apply, q, iters, full)
     m = T.shape[0]
     evals, evecs = torch.linalg.eigh(T)
     theta = float(evals[-1])
-    ritz = torch.stack(basis).T @ evecs[:, -1].to(s_flat.device)
+    ritz, extra = _ritz_vector(apply, q, basis, evecs[:, -1])
+    del basis
     vec_kept = unflat(ritz / ritz.norm())
     vec = [torch.zeros_like(p) for p in params]
     for i, v in zip(keep, vec_kept, strict=True):
         vec[i] = v
-    return theta, vec, m
+    return theta, vec, m + extra
 
 
 def auto_lr(h_max: float, weight_decay: float, safety: float = 0.5) -> float:
