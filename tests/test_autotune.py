@@ -52,6 +52,9 @@ def test_cdm_auto_step_and_decay_on_a_quadratic():
     assert rec["lr"] * rec["weight_decay"] == pytest.approx(1e-3)
     assert opt.param_groups[0]["momentum_used"] == pytest.approx(beta)
     assert rec["hvps"] >= 1 and rec["preconditioned"] is False
+    # CDM re-measures warm-started from it: the top eigenvector is kept (±, unit)
+    top = torch.linalg.eigh(H).eigenvectors[:, -1].to(w.dtype)
+    assert abs(float(opt.tuner.eigvec[0] @ top)) == pytest.approx(1.0, abs=1e-9)
     # it converges: the steep mode is inside the bound
     for _ in range(300):
         opt.zero_grad()
@@ -667,15 +670,22 @@ def test_a_model_over_the_probe_memory_budget_gets_the_same_step(monkeypatch):
         x, y = torch.randn(96, 6), torch.randint(0, 4, (96,))
         closure = lambda model=model, x=x, y=y: F.cross_entropy(model(x), y)  # noqa: E731
         opt = GROKtimizer(model.parameters(), switch=StepSwitch(5))
-        for step in range(1, 16):
+        loosened = []
+        for step in range(1, 31):
             opt.zero_grad()
             closure().backward()
             opt.step()
-            observe(opt, step, closure=closure, train_loss=float(closure().detach()), train_acc=1.0)
+            loss = float(closure().detach())
+            events = observe(opt, step, closure=closure, train_loss=loss, train_acc=1.0)
+            loosened += [e for e in events if e.get("reason") == "loosen"]
+            if step == 10:  # the loosening's probe (at +20) starts from the switch's eigenvector
+                assert opt.tuner.eigvec is not None
         assert opt.phase == 2
         records[budget] = opt.auto_lr_record
+        # in Adam's metric no warm start follows the loosening: no eigenvector built or kept
+        assert [e["hvps"] for e in loosened] == [20] and opt.tuner.eigvec is None
     full, lean = records[full_budget], records[0]
-    assert lean["hvps"] == 2 * full["hvps"]
+    assert full["hvps"] == 20 and lean["hvps"] == 40  # the switch's vector: a second pass
     assert lean["h_max"] == pytest.approx(full["h_max"], rel=1e-4)
     assert lean["lr"] == pytest.approx(full["lr"], rel=1e-4)
     assert lean["weight_decay"] == pytest.approx(full["weight_decay"], rel=1e-4)

@@ -170,11 +170,19 @@ def test_adam_cdm_phase2_receives_adam_metric_at_switch():
         phase2=functools.partial(AdamCDM, lr=1e-4, weight_decay=3.0),
         switch=StepSwitch(5),
     )
+    twin = _model(4)  # phase 1 alone: the default AdamW for the same 5 steps
+    adam = torch.optim.AdamW(twin.parameters(), lr=1e-3, weight_decay=0.0, betas=(0.9, 0.98))
+    for _ in range(5):
+        adam.zero_grad()
+        torch.nn.functional.mse_loss(twin(x), y).backward()
+        adam.step()
     _train(model, opt, x, y, 0, 5)
     assert opt.phase == 2 and opt.metric_carried == 4
-    for p in model.parameters():
-        assert torch.equal(opt.phase2.state[p]["exp_avg_sq"], opt.phase1.state[p]["exp_avg_sq"])
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(opt.phase2.state[p]["exp_avg_sq"], adam.state[q]["exp_avg_sq"])
         assert opt.phase2.state[p]["step"] == 5
+    # phase 1 never steps again: its moments (twice the weights) are freed, in checkpoints too
+    assert len(opt.phase1.state) == 0 and opt.state_dict()["phase1"]["state"] == {}
 
 
 def test_a_phase_1_without_adams_metric_caps_phase_2_by_the_default_adam_step():

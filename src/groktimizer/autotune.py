@@ -395,15 +395,15 @@ class Phase2Tuner:
         g0 = opt.param_groups[0]
         self.lr = float(g0["lr"])
         self.weight_decay = float(opt.defaults.get("weight_decay", g0.get("weight_decay", 0.0)))
+        self.loosen_due = (
+            self.loosen_cap and self.lr_auto and self.weight_decay_auto and self._cap_applies(opt)
+        )
         if self.lr_auto:
             self._probe(opt, closure, self.probe_iters, warm=False)
         record = self._set(opt, reason="switch")
         self.lr_ceiling = self.lr
         self.last_probe_step = self.switch_step = int(step)
         self.h_switch = self.h
-        self.loosen_due = (
-            self.loosen_cap and self.lr_auto and self.weight_decay_auto and self._cap_applies(opt)
-        )
         self.noise_due = self.noise_decay and self.weight_decay_auto and _preconditioned(opt)
         loss = metrics.get("train_loss")
         self.last_probe_loss = self.prev_loss = None if loss is None else float(loss)
@@ -427,10 +427,21 @@ class Phase2Tuner:
         if scale is not None and all(x is None for x in scale):
             scale = None  # no second moment anywhere yet: the raw curvature is all there is
         v0 = self.eigvec if warm else None
+        # the eigenvector is for a later warm start: CDM's re-measurements and the loosening's
+        # probe; in Adam's metric none follows the loosening, so it is neither built (a second
+        # Lanczos pass on a large model, see top_eigenpair) nor kept (the weights' size)
+        vector = not _preconditioned(opt) or self.loosen_due
 
-        def probe() -> tuple[float, list[Tensor], int]:
+        def probe() -> tuple[float, list[Tensor] | None, int]:
             return top_eigenpair(
-                closure, params, iters, scale, v0, hvp=self.hvp_used, reduce=self.reduce
+                closure,
+                params,
+                iters,
+                scale,
+                v0,
+                hvp=self.hvp_used,
+                reduce=self.reduce,
+                vector=vector,
             )
 
         try:

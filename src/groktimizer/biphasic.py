@@ -375,6 +375,9 @@ class GROKtimizer(OptimizerWrapper):
                 # curvature read 150,606 / 617,692 and η sat 7x / 30x under the cap: 710 / 1,540.
                 phase1_lr = float(default_phase1.keywords["lr"])
                 info["adam_step_assumed"] = phase1_lr
+        # Phase 1 never steps again: its state (Adam's two moments, twice the weights' size; the
+        # second moment was copied above) is freed, in memory and in checkpoints
+        self.phase1.state.clear()
         if self.tuner is not None:
             self._switch_closure = closure
             self.auto_lr_record = self.tuner.switch(

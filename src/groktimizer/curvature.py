@@ -399,7 +399,8 @@ def top_eigenpair(
     hvp: str = "auto",
     reduce: Callable[[list[Tensor]], list[Tensor]] | None = None,
     basis_bytes: int | None = None,
-) -> tuple[float, list[Tensor], int]:
+    vector: bool = True,
+) -> tuple[float, list[Tensor] | None, int]:
     """Top eigenvalue and eigenvector of ``S H S`` by Lanczos.
 
     ``S`` is diagonal, given per parameter by ``scale`` (None: identity; a None entry drops that
@@ -411,6 +412,7 @@ def top_eigenpair(
     products spent (each one extra backward pass, or two forward + backward passes by
     central differences: ``hvp`` as for ``top_eigenvalue``). ``reduce`` maps each product to
     the one used (GROKtimizer: the mean over data-parallel ranks, ``groktimizer.distributed``).
+    ``vector=False``: v is None (and no second pass is run, below).
 
     Memory: where the ``iters`` Lanczos vectors fit in ``basis_bytes`` as float64 (None:
     ``LANCZOS_BASIS_BYTES``, 1 GiB: 6.7M parameters at 20 iterations) they are all kept, with
@@ -447,6 +449,8 @@ def top_eigenpair(
     m = T.shape[0]
     evals, evecs = torch.linalg.eigh(T)
     theta = float(evals[-1])
+    if not vector:
+        return theta, None, m
     ritz, extra = _ritz_vector(apply, q, basis, evecs[:, -1])
     del basis
     vec_kept = unflat(ritz / ritz.norm())
