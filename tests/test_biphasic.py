@@ -394,6 +394,17 @@ def test_default_switch_fires_on_a_stalled_phase_1_and_says_so():
     ok.observe(20, closure=other_closure, train_acc=0.99)
     events = ok.observe(30, closure=other_closure, train_acc=0.99)
     assert ok.phase == 2 and "cause" not in [e for e in events if e["event"] == "switch"][0]
+    # a loop that evaluates every 100 steps: the second observation at 99% (the span of 20)
+    third = _model(2)
+    sparse = GROKtimizer(third.parameters())
+    assert sparse.criterion.hold == 20
+
+    def third_closure():
+        return torch.nn.functional.mse_loss(third(x), y)
+
+    sparse.observe(100, closure=third_closure, train_acc=0.995)
+    sparse.observe(200, closure=third_closure, train_acc=0.995)
+    assert sparse.phase == 2 and sparse.switch_step == 200
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,30 @@ def test_accuracy_needs_patience_consecutive_observations_and_resets_on_a_drop()
     assert sw.fired_step == 60
 
 
+@pytest.mark.parametrize("every", [1, 10, 20, 100])
+def test_hold_spans_steps_where_patience_counts_observations(every):
+    """patience=3 alone asks 2 steps of holding at one evaluation a step and 200 at one every
+    100; hold=20 lets two observations that span 20 steps or more do: the default's span at
+    eval every 10, where (and wherever evaluations are closer) nothing changes."""
+    accs = [0.5, 0.995, 0.98, 0.999, 1.0, 1.0, 1.0]  # the drop at the 3rd observation resets
+    fired = {}
+    for hold in (None, 20):
+        sw = AccuracySwitch(threshold=0.99, patience=3, hold=hold)
+        fired[hold] = next(
+            (every * i for i, a in enumerate(accs) if sw.observe(every * i, train_acc=a)), None
+        )
+    assert fired[None] == every * 5  # the third running (observations 3, 4, 5)
+    assert fired[20] == (every * 4 if every >= 20 else every * 5)
+    sw = AccuracySwitch(threshold=0.99, patience=3, hold=20)
+    assert not sw.observe(100, train_acc=1.0) and sw.since == 100
+    saved = copy.deepcopy(sw.state_dict())
+    resumed = AccuracySwitch(threshold=0.99, patience=3, hold=20)
+    resumed.load_state_dict(saved)
+    assert resumed.observe(200, train_acc=1.0)  # the run's start survives a resume
+    assert "hold=20" in repr(resumed)
+    assert LossSwitch(0.1, patience=3, hold=20).hold == 20 and RhoSwitch(hold=5).hold == 5
+
+
 def test_accuracy_threshold_is_inclusive_and_missing_metric_is_skipped():
     sw = AccuracySwitch(threshold=0.999, patience=2)
     assert not sw.observe(1, train_acc=0.999)
@@ -131,6 +155,11 @@ def test_make_switch():
         (lambda: AccuracySwitch(patience=0), "patience"),
         (lambda: AccuracySwitch(patience=1.5), "patience"),
         (lambda: AccuracySwitch(stall=0), "stall"),
+        (
+            lambda: AccuracySwitch(hold=0),
+            r"AccuracySwitch: hold must be None or an int >= 1, got 0",
+        ),
+        (lambda: LossSwitch(0.1, hold=2.5), "LossSwitch: hold must be None or an int >= 1"),
         (lambda: AccuracySwitch(stall=10, stall_floor=1.5), "stall_floor"),
         (lambda: LossSwitch(-1.0), "threshold"),
         (lambda: StepSwitch(-1), "step"),

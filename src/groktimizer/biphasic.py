@@ -129,9 +129,11 @@ class GROKtimizer(OptimizerWrapper):
         damping: ζ > 0 for the default phase 2.
         nesterov: Nesterov form of a CDM-family phase 2 (CDM, AdamCDM).
         switch: a ``SwitchCriterion`` (default: ``AccuracySwitch(0.99, patience=3,
-            stall=1000)``: 99% train accuracy at 3 observations running, or no new best train
-            accuracy for 1,000 steps above 95%; at 99.9% a minibatch phase 1 hovering at
-            99.3-99.8% switched only by the stall rule, 1,300 steps late).
+            stall=1000, hold=20)``: 99% train accuracy at 3 observations running, or at 2 or
+            more running that span 20 steps (a loop evaluating every 100 steps switches at its
+            second, not its third), or no new best train accuracy for 1,000 steps above 95%; at
+            99.9% a minibatch phase 1 hovering at 99.3-99.8% switched only by the stall rule,
+            1,300 steps late).
         lr_fraction: f in (0, 2): η·(h + λ) = f·2(1 + β), the fraction of heavy ball's bound
             (None: 0.5 for raw CDM, 1.0 in Adam's metric, where v damps overshooting modes).
         flat_rate: κ = ηλ in (0, 1) for the automatic λ.
@@ -241,7 +243,7 @@ class GROKtimizer(OptimizerWrapper):
         self.phase2: Optimizer = phase2(p2_groups, **kwargs)
 
         self.criterion: SwitchCriterion = (
-            switch if switch is not None else AccuracySwitch(0.99, patience=3, stall=1000)
+            switch if switch is not None else AccuracySwitch(0.99, patience=3, stall=1000, hold=20)
         )
         if self.weight_decay_auto and any(
             isinstance(c, RhoSwitch) and c.weight_decay is None for c in _criteria(self.criterion)

@@ -6,8 +6,9 @@ observation that lacks the metric a criterion needs neither counts towards nor b
 patience (the trainer may report train accuracy only at evaluation steps). ``reset()``,
 ``state_dict()`` and ``load_state_dict()`` make criteria resumable.
 
-- ``AccuracySwitch``: ``metrics[metric] ≥ threshold`` for ``patience`` consecutive observations.
-- ``LossSwitch``: ``metrics[metric] ≤ threshold`` for ``patience`` consecutive observations.
+- ``AccuracySwitch``: ``metrics[metric] ≥ threshold`` for ``patience`` consecutive observations
+  (or, with ``hold``, at consecutive observations spanning ``hold`` steps: see ``_Held``).
+- ``LossSwitch``: ``metrics[metric] ≤ threshold`` likewise.
 - ``StepSwitch``: ``step ≥ at_step``.
 - ``RhoSwitch``: ``ρ = ‖∇L‖ / (λ‖w‖) < threshold`` for ``patience`` consecutive observations;
   at ρ ≈ 1 the loss gradient no longer dominates the decay pull, i.e. the fit is done.
@@ -91,13 +92,28 @@ class SwitchCriterion:
 
 
 class _Held(SwitchCriterion):
-    """A per-observation condition that must hold ``patience`` consecutive times."""
+    """A per-observation condition that must hold ``patience`` consecutive times, or, with
+    ``hold`` (steps), at two or more consecutive observations ``hold`` steps apart or more.
 
-    def __init__(self, patience: int) -> None:
+    ``patience`` counts observations, so what it asks depends on how often a loop evaluates:
+    the default's 3 span 20 steps at the Trainer's eval_every=10 and 200 at every 100 (a+b mod
+    97, MLP, eval every 100: the switch at step 300 instead of 100, 99% validation at 600
+    instead of 440). ``hold=20`` keeps the default's span for sparse evaluations (there two
+    observations 100 steps apart hold longer than three 10 apart) and changes nothing where a
+    loop evaluates every 10 steps or more often."""
+
+    def __init__(self, patience: int, hold: int | None = None) -> None:
         super().__init__()
         _check_patience(type(self).__name__, patience)
+        ok = hold is None or (isinstance(hold, int) and not isinstance(hold, bool) and hold >= 1)
+        if not ok:
+            raise ValueError(
+                f"{type(self).__name__}: hold must be None or an int >= 1, got {hold!r}"
+            )
         self.patience = patience
+        self.hold = hold
         self.count = 0
+        self.since: int | None = None  # step of the first observation of the current run
 
     def _condition(self, step: int, metrics: dict[str, Any]) -> bool | None:
         raise NotImplementedError
@@ -107,18 +123,23 @@ class _Held(SwitchCriterion):
         if ok is None:
             return None
         self.count = self.count + 1 if ok else 0
-        return self.count >= self.patience
+        self.since = (int(step) if self.count == 1 else self.since) if ok else None
+        spans = (
+            self.hold is not None and self.count >= 2 and int(step) - self.since >= self.hold  # type: ignore[operator]
+        )
+        return self.count >= self.patience or spans
 
     def reset(self) -> None:
         super().reset()
-        self.count = 0
+        self.count, self.since = 0, None
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "count": self.count}
+        return {**super().state_dict(), "count": self.count, "since": self.since}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.count = int(state["count"])
+        self.since = state.get("since")
 
 
 def _one_metric(criterion: SwitchCriterion, seen: set[str]) -> list[str]:
@@ -139,6 +160,7 @@ class AccuracySwitch(_Held):
         metric: str = "train_acc",
         stall: int | None = None,
         stall_floor: float = 0.95,
+        hold: int | None = None,
     ) -> None:
         _check_real("AccuracySwitch", "threshold", threshold, 0.0, 1.0, "in (0, 1]")
         if threshold == 0:  # 0 would switch at the first observation, before any fit
@@ -146,7 +168,7 @@ class AccuracySwitch(_Held):
         if stall is not None:
             _check_patience("AccuracySwitch stall", stall)
         _check_real("AccuracySwitch", "stall_floor", stall_floor, 0.0, 1.0, "in (0, 1]")
-        super().__init__(patience)
+        super().__init__(patience, hold)
         self.threshold = float(threshold)
         self.metric = metric
         self.stall = stall
@@ -194,6 +216,7 @@ class AccuracySwitch(_Held):
             "metric": self.metric,
             "stall": self.stall,
             "stall_floor": self.stall_floor,
+            "hold": self.hold,
         }
 
 
@@ -203,9 +226,15 @@ class LossSwitch(_Held):
     With cross-entropy a small loss can come from scaled-up logits alone; prefer accuracy.
     """
 
-    def __init__(self, threshold: float, patience: int = 1, metric: str = "train_loss") -> None:
+    def __init__(
+        self,
+        threshold: float,
+        patience: int = 1,
+        metric: str = "train_loss",
+        hold: int | None = None,
+    ) -> None:
         _check_real("LossSwitch", "threshold", threshold, 0.0, math.inf, "a float >= 0")
-        super().__init__(patience)
+        super().__init__(patience, hold)
         self.threshold = float(threshold)
         self.metric = metric
 
@@ -217,7 +246,12 @@ class LossSwitch(_Held):
         return float(metrics[self.metric]) <= self.threshold
 
     def _config(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "patience": self.patience, "metric": self.metric}
+        return {
+            "threshold": self.threshold,
+            "patience": self.patience,
+            "metric": self.metric,
+            "hold": self.hold,
+        }
 
 
 class StepSwitch(SwitchCriterion):
@@ -244,7 +278,11 @@ class RhoSwitch(_Held):
     """
 
     def __init__(
-        self, threshold: float = 1.0, patience: int = 1, weight_decay: float | None = None
+        self,
+        threshold: float = 1.0,
+        patience: int = 1,
+        weight_decay: float | None = None,
+        hold: int | None = None,
     ) -> None:
         _check_real("RhoSwitch", "threshold", threshold, 0.0, math.inf, "a float > 0")
         if threshold == 0:
@@ -253,7 +291,7 @@ class RhoSwitch(_Held):
             _check_real("RhoSwitch", "weight_decay", weight_decay, 0.0, math.inf, "a float > 0")
             if weight_decay == 0:
                 raise ValueError("RhoSwitch: weight_decay must be a float > 0, got 0")
-        super().__init__(patience)
+        super().__init__(patience, hold)
         self.threshold = float(threshold)
         self.weight_decay = weight_decay
         self.last_rho: float | None = None
@@ -296,6 +334,7 @@ class RhoSwitch(_Held):
             "threshold": self.threshold,
             "patience": self.patience,
             "weight_decay": self.weight_decay,
+            "hold": self.hold,
         }
 
 
