@@ -5,9 +5,9 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from groktimizer.experiment.data import digits, linear_regression, modular_arithmetic, sparse_parity
-from groktimizer.experiment.models import MLP, Linear, Transformer
+from groktimizer.experiment.models import LSTM, MLP, Linear, Transformer
 
-CLASSES = {"mlp": MLP, "transformer": Transformer, "linear": Linear}
+CLASSES = {"mlp": MLP, "transformer": Transformer, "lstm": LSTM, "linear": Linear}
 
 DATA = {
     "modular_tokens": lambda: modular_arithmetic(p=11, form="tokens", seed=0),
@@ -24,6 +24,7 @@ PAIRS = [
     ("mlp", "digits"),
     ("transformer", "modular_tokens"),
     ("transformer", "modular_onehot"),
+    ("lstm", "modular_tokens"),
     ("linear", "sparse_parity"),
     ("linear", "linear_regression"),
     ("linear", "digits"),
@@ -31,6 +32,7 @@ PAIRS = [
 SMALL = {
     "mlp": {"depth": 2, "width": 32, "embed_dim": 8},
     "transformer": {"d_model": 32, "n_heads": 4, "d_mlp": 64},
+    "lstm": {"hidden": 16, "embed_dim": 8, "n_layers": 2},
     "linear": {},
 }
 
@@ -138,3 +140,40 @@ def test_transformer_under_functional_call_and_vmap() -> None:
     assert batched.shape == (2, 17, 13)
     torch.testing.assert_close(batched, separate, atol=1e-6, rtol=0)
     assert not torch.allclose(separate[0], separate[1])
+
+
+def test_lstm_equals_torch_lstm_and_runs_under_vmap() -> None:
+    """The written-out LSTM computes nn.LSTM's function (weights copied: gates i, f, g, o, zero
+    initial state, two layers), keeps its init scale (uniform in ±1/√hidden, biases the sum of
+    two), and batches under vmap, which nn.LSTM cannot (no batching rule)."""
+    data = modular_arithmetic(p=13, seed=0)
+    torch.manual_seed(0)
+    net = LSTM(data, hidden=24, embed_dim=8, n_layers=2)
+    ref = torch.nn.LSTM(8, 24, num_layers=2, batch_first=True)
+    with torch.no_grad():
+        for k, cell in enumerate(net.cells):
+            w_ih, w_hh = cell.weight.split([cell.in_features - 24, 24], dim=1)
+            getattr(ref, f"weight_ih_l{k}").copy_(w_ih)
+            getattr(ref, f"weight_hh_l{k}").copy_(w_hh)
+            getattr(ref, f"bias_ih_l{k}").copy_(cell.bias)
+            getattr(ref, f"bias_hh_l{k}").zero_()
+    x = data.x_train[:17]
+    out, _ = ref(net.embed(x))
+    torch.testing.assert_close(net(x), net.readout(out[:, -1]), atol=1e-6, rtol=1e-5)
+    assert all(float(c.weight.detach().abs().max()) <= 24**-0.5 for c in net.cells)
+    assert all(float(c.bias.detach().abs().max()) <= 2 * 24**-0.5 for c in net.cells)
+    assert float(net.cells[0].bias.detach().abs().max()) > 24**-0.5 / 2  # not left at zero
+    big = LSTM(data, hidden=24, embed_dim=8, init_scale=8.0)
+    assert float(big.cells[0].weight.detach().abs().max()) > 24**-0.5  # scaled past the init bound
+    copies = [LSTM(data, hidden=16, embed_dim=8) for _ in range(2)]
+    params, buffers = stack_module_state(copies)
+
+    def forward(p, b, x):
+        return functional_call(copies[0], (p, b), (x,))
+
+    batched = vmap(forward, in_dims=(0, 0, None))(params, buffers, x)
+    torch.testing.assert_close(batched, torch.stack([m(x) for m in copies]), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="model 'lstm' needs token inputs"):
+        LSTM(DATA["digits"]())
+    with pytest.raises(ValueError, match="Invalid hidden: 0"):
+        LSTM(data, hidden=0)

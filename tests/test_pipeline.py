@@ -19,7 +19,7 @@ CONF = ROOT / "conf"
 
 # dataset -> the models that make sense for it
 PAIRS = {
-    "modular_add": ["mlp", "transformer"],
+    "modular_add": ["mlp", "transformer", "lstm"],
     "modular_sub": ["mlp", "transformer"],
     "modular_mul": ["mlp", "transformer"],
     "modular_div": ["mlp", "transformer"],
@@ -50,6 +50,7 @@ def group_options(group: str) -> list[str]:
 
 def test_every_dataset_has_a_model_pairing():
     assert sorted(PAIRS) == group_options("dataset")
+    assert sorted({m for models in PAIRS.values() for m in models}) == group_options("model")
 
 
 @pytest.fixture

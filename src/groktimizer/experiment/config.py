@@ -101,6 +101,16 @@ class TransformerConfig:
 
 
 @dataclass
+class LSTMConfig:
+    _target_: str = "groktimizer.experiment.models.LSTM"
+    _partial_: bool = True
+    hidden: int = 128
+    embed_dim: int = 64
+    n_layers: int = 1
+    init_scale: float = 1.0
+
+
+@dataclass
 class LinearConfig:
     _target_: str = "groktimizer.experiment.models.Linear"
     _partial_: bool = True
@@ -184,6 +194,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
     "model": {
         "mlp_schema": MLPConfig,
         "transformer_schema": TransformerConfig,
+        "lstm_schema": LSTMConfig,
         "linear_schema": LinearConfig,
     },
     "trainer": {"trainer_schema": TrainerConfig},

@@ -1,4 +1,4 @@
-"""Models for the grokking experiments: MLP, the progress-measures transformer, linear.
+"""Models for the grokking experiments: MLP, the progress-measures transformer, LSTM, linear.
 
 Each model class is also its own factory: ``Model(data, **options)`` reads the input and output
 sizes from a :class:`~groktimizer.experiment.data.TaskData`, so a config with
@@ -20,7 +20,7 @@ from torch import nn
 
 from groktimizer.experiment.data import TaskData
 
-__all__ = ["ACTIVATIONS", "MLP", "Transformer", "Linear"]
+__all__ = ["ACTIVATIONS", "MLP", "Transformer", "LSTM", "Linear"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -209,6 +209,61 @@ class Transformer(nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.unembed(self.ln_f(h[:, -1]))
+
+
+class LSTM(nn.Module):
+    """An LSTM over the token sequence, read out by a linear map at the last position
+    (Omnigrok's IMDb model is an LSTM): embedding, ``n_layers`` LSTM layers of ``hidden`` units,
+    readout. The gates are ``nn.LSTM``'s (i, f, g, o; zero initial state) and so is the init,
+    uniform in ±1/√hidden; one ``nn.Linear`` per layer takes ``[x_t, h_{t-1}]`` to the four gates
+    (its weight is ``nn.LSTM``'s ``[weight_ih, weight_hh]``, its bias ``bias_ih + bias_hh``).
+    Written out rather than ``nn.LSTM`` so that the forward pass runs under ``vmap`` (seed
+    ensembles, batched sweeps: ``nn.LSTM`` has no batching rule) and has a double backward on
+    every device (cuDNN's LSTM has none, so the curvature probe would take differences).
+    The embedding is N(0, 1), as ``nn.Embedding``'s; then every parameter times ``init_scale``.
+    """
+
+    def __init__(
+        self,
+        data: TaskData,
+        hidden: int = 128,
+        embed_dim: int = 64,
+        n_layers: int = 1,
+        init_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        _require_input(data, "tokens", "lstm")
+        _check_int("hidden", hidden, 1)
+        _check_int("embed_dim", embed_dim, 1)
+        _check_int("n_layers", n_layers, 1)
+        _check_init_scale(init_scale)
+        self.hidden = hidden
+        self.embed = nn.Embedding(data.vocab_size, embed_dim)
+        sizes = [embed_dim] + [hidden] * (n_layers - 1)
+        self.cells = nn.ModuleList(nn.Linear(n + hidden, 4 * hidden) for n in sizes)
+        self.readout = nn.Linear(hidden, data.out_dim)
+        bound = 1.0 / math.sqrt(hidden)
+        with torch.no_grad():
+            for cell in self.cells:
+                cell.weight.uniform_(-bound, bound)
+                # nn.LSTM has two biases (input and hidden), each uniform: their sum here
+                cell.bias.uniform_(-bound, bound).add_(
+                    torch.empty_like(cell.bias).uniform_(-bound, bound)
+                )
+        _scale_parameters(self, init_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = self.embed(x)  # [N, L, E]
+        for cell in self.cells:
+            h = c = seq.new_zeros(seq.shape[0], self.hidden)
+            outs = []
+            for t in range(seq.shape[1]):
+                i, f, g, o = cell(torch.cat([seq[:, t], h], dim=1)).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                outs.append(h)
+            seq = torch.stack(outs, dim=1)
+        return self.readout(seq[:, -1])
 
 
 class Linear(nn.Module):
