@@ -431,7 +431,10 @@ def test_a_switch_that_never_gets_its_metric_is_warned_about_once(switch, metric
         "all": AllSwitch(AccuracySwitch(), LossSwitch(1e-9)),
         "rho": RhoSwitch(weight_decay=1.0),
     }[switch]
-    opt = GROKtimizer(_model().parameters(), switch=crit)
+    model = _model()
+    x, y = _task()
+    opt = GROKtimizer(model.parameters(), switch=crit)
+    opt.set_curvature_closure(lambda: torch.nn.functional.mse_loss(model(x), y))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for step in range(1, 3 * MISSING_METRIC_AFTER):
@@ -443,3 +446,28 @@ def test_a_switch_that_never_gets_its_metric_is_warned_about_once(switch, metric
     else:
         assert len(said) == 1 and f"reads {warned}, which" in said[0]
         assert f"given: {', '.join(sorted(metrics))}" in said[0]
+
+
+def test_a_loop_without_a_curvature_closure_is_told_at_its_first_evaluation():
+    """lr='auto' measures the curvature at the switch on a closure's loss. A loop that passed
+    none trained all of phase 1 (690 steps on a small MLP) and raised at the switch; now the
+    first evaluation with none to use says so. A closure given once is used where later
+    observe() calls give none; a fixed lr needs none."""
+    x, y = _task()
+    model = _model()
+    opt = GROKtimizer(model.parameters(), switch=StepSwitch(3))
+    with pytest.raises(ValueError, match=r"lr='auto' measures the curvature at the switch .* got "):
+        opt.observe(1, train_acc=0.5)
+    assert opt.phase == 1
+
+    def closure():
+        return torch.nn.functional.mse_loss(model(x), y)
+
+    opt.observe(1, closure=closure, train_acc=0.5)
+    opt.observe(2, train_acc=0.5)
+    opt.observe(3, train_acc=0.5)  # switches, measuring with the closure given at step 1
+    assert opt.phase == 2 and opt.auto_lr_record["h_max"] > 0
+    fixed = GROKtimizer(_model(1).parameters(), lr=1e-3, weight_decay=1.0, switch=StepSwitch(2))
+    fixed.observe(1, train_acc=0.5)
+    fixed.observe(2, train_acc=0.5)
+    assert fixed.phase == 2

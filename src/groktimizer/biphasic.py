@@ -255,6 +255,8 @@ class GROKtimizer(OptimizerWrapper):
             )
         self._curvature_closure = curvature_closure
         self._switch_closure: LossClosure | None = None  # the one the switch measured with
+        # the last closure observe() was given: used where a later observe() gets none
+        self._last_closure: LossClosure | None = None
         self._phase = 1
         self.switch_step: int | None = None
         self.num_steps = 0
@@ -327,7 +329,9 @@ class GROKtimizer(OptimizerWrapper):
         the phase-2 optimizer. ``step`` defaults to the number of steps taken.
         """
         step = self.num_steps if step is None else int(step)
-        closure = closure or self._curvature_closure
+        if closure is not None:
+            self._last_closure = closure
+        closure = closure or self._curvature_closure or self._last_closure
         mean = self._mean_over_ranks()
         if mean is not None:
             metrics = mean.metrics(metrics)
@@ -337,6 +341,7 @@ class GROKtimizer(OptimizerWrapper):
                     self._pending_events.append(ev)
             return self._drain() + observe(self.phase2, step, closure=closure, **metrics)
         if self.tuner is not None:
+            self._check_closure(closure)
             self.tuner.observe_phase1(metrics)
         self._check_switch_metrics(metrics)
         events = observe(self.phase1, step, closure=closure, **metrics)
@@ -359,7 +364,7 @@ class GROKtimizer(OptimizerWrapper):
                 f"GROKtimizer: already in phase 2 (switched at step {self.switch_step})"
             )
         step = self.num_steps if step is None else int(step)
-        closure = closure or self._curvature_closure
+        closure = closure or self._curvature_closure or self._last_closure
         self._mean_over_ranks()
         lr1 = self.phase1.param_groups[0].get("lr")
         phase1_lr = float(lr1) if isinstance(lr1, (int, float)) else None
@@ -397,6 +402,18 @@ class GROKtimizer(OptimizerWrapper):
         if getattr(self.criterion, "stalled", False):
             info["cause"] = "stall"  # phase 1 stopped improving short of the threshold
         self._emit("switch", step, metric_carried=self.metric_carried, **info)
+
+    def _check_closure(self, closure: LossClosure | None) -> None:
+        """Phase 2's automatic η is measured at the switch on a closure's loss: say so at the
+        first evaluation with none to use (none given to this or an earlier ``observe()``, none
+        set), not at the switch (a loop that never passed one trained all of phase 1, 690 steps
+        on a small MLP, then raised there)."""
+        if closure is None and self.tuner.lr_auto and self.tuner.fallback_lr is None:  # type: ignore[union-attr]
+            raise ValueError(
+                "GROKtimizer: lr='auto' measures the curvature at the switch on a closure's "
+                "loss, and observe() got none: pass closure=<fn returning the training loss> "
+                "to observe(), call set_curvature_closure(fn) once, or give lr=<float>"
+            )
 
     def _mean_over_ranks(self) -> MeanOverRanks | None:
         """The averaging over ranks when ``distributed`` is on (see ``__init__``), also handed
