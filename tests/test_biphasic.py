@@ -471,3 +471,16 @@ def test_a_loop_without_a_curvature_closure_is_told_at_its_first_evaluation():
     fixed.observe(1, train_acc=0.5)
     fixed.observe(2, train_acc=0.5)
     assert fixed.phase == 2
+
+
+def test_a_train_accuracy_in_percent_is_refused():
+    """The switch and the tuner read train_acc as a fraction; a percentage is an error at the
+    observation that gives it (before, the default switched at 43.8% train accuracy)."""
+    x, y = _task()
+    model = _model()
+    opt = GROKtimizer(model.parameters(), switch=StepSwitch(10**6))
+    closure = lambda: torch.nn.functional.mse_loss(model(x), y)  # noqa: E731
+    with pytest.raises(ValueError, match=r"GROKtimizer: train_acc must be a fraction in \[0, 1\]"):
+        opt.observe(10, closure=closure, train_acc=43.8)
+    opt.observe(10, closure=closure, train_acc=0.438)
+    assert opt.phase == 1

@@ -47,6 +47,21 @@ def test_hold_spans_steps_where_patience_counts_observations(every):
     assert LossSwitch(0.1, patience=3, hold=20).hold == 20 and RhoSwitch(hold=5).hold == 5
 
 
+def test_an_accuracy_in_percent_is_refused_not_read_as_a_fraction():
+    """43.8 (percent) read as a fraction passed the 99% threshold at once: the default switched
+    at step 30 of a small MLP at 43.8% train accuracy. Now it is an error naming the value."""
+    sw = AccuracySwitch(threshold=0.99, patience=1)
+    with pytest.raises(
+        ValueError,
+        match=r"AccuracySwitch: train_acc must be a fraction in \[0, 1\], got 43.8 \(a percentage",
+    ):
+        sw.observe(10, train_acc=43.8)
+    with pytest.raises(ValueError, match="got -0.1$"):
+        sw.observe(10, train_acc=-0.1)
+    assert not sw.observe(10, train_acc=float("nan"))  # no fit yet: not an error, not a hold
+    assert sw.observe(20, train_acc=1.0)
+
+
 def test_accuracy_threshold_is_inclusive_and_missing_metric_is_skipped():
     sw = AccuracySwitch(threshold=0.999, patience=2)
     assert not sw.observe(1, train_acc=0.999)

@@ -41,7 +41,7 @@ from .adam_cdm_l2 import AdamCDML2
 from .autotune import Phase2Tuner
 from .cdm import CDM, check_lr, check_weight_decay
 from .distributed import MeanOverRanks, check_setting, mean_over_ranks
-from .switch import AccuracySwitch, RhoSwitch, SwitchCriterion
+from .switch import AccuracySwitch, RhoSwitch, SwitchCriterion, check_fraction
 from .wrapper import Event, OptimizerWrapper, observe
 
 __all__ = ["GROKtimizer", "default_phase1", "default_phase2"]
@@ -329,6 +329,8 @@ class GROKtimizer(OptimizerWrapper):
         the phase-2 optimizer. ``step`` defaults to the number of steps taken.
         """
         step = self.num_steps if step is None else int(step)
+        if metrics.get("train_acc") is not None:  # the switch and the tuner read it
+            check_fraction("GROKtimizer", "train_acc", metrics["train_acc"])
         if closure is not None:
             self._last_closure = closure
         closure = closure or self._curvature_closure or self._last_closure

@@ -45,6 +45,17 @@ def _check_real(owner: str, name: str, value: Any, lo: float, hi: float, rng: st
         raise ValueError(f"{owner}: {name} must be {rng}, got {value!r}")
 
 
+def check_fraction(owner: str, name: str, value: Any) -> float:
+    """``value`` as a float in [0, 1] (NaN passes); else a ValueError naming it. An accuracy
+    given in percent (43.8 for 43.8%) read as a fraction passed a 99% threshold at once: the
+    default switched at step 30 of a 6-64-4 MLP at 43.8% train accuracy."""
+    v = float(value)
+    if not (math.isnan(v) or 0.0 <= v <= 1.0):
+        hint = " (a percentage? give the fraction)" if 1.0 < v <= 100.0 else ""
+        raise ValueError(f"{owner}: {name} must be a fraction in [0, 1], got {value!r}{hint}")
+    return v
+
+
 class SwitchCriterion:
     """Base class: subclasses implement ``_satisfied(step, metrics) -> bool | None``.
 
@@ -182,7 +193,7 @@ class AccuracySwitch(_Held):
     def _condition(self, step: int, metrics: dict[str, Any]) -> bool | None:
         if metrics.get(self.metric) is None:
             return None
-        value = float(metrics[self.metric])
+        value = check_fraction("AccuracySwitch", self.metric, metrics[self.metric])
         if self.best is None or value > self.best:
             self.best, self.best_step = value, int(step)
         return value >= self.threshold
