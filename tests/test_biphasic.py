@@ -484,3 +484,28 @@ def test_a_train_accuracy_in_percent_is_refused():
         opt.observe(10, closure=closure, train_acc=43.8)
     opt.observe(10, closure=closure, train_acc=0.438)
     assert opt.phase == 1
+
+
+@pytest.mark.parametrize("pace", [1, 100])
+def test_observe_steps_that_are_not_optimizer_steps_are_warned_about_once(pace):
+    """A loop that passes its epoch (100 optimizer steps each) as observe's step would stretch
+    every window (a 300-step collapse window: 300 epochs). Warned once; optimizer steps pass."""
+    import warnings
+
+    x, y = _task()
+    model = _model()
+    opt = GROKtimizer(model.parameters(), switch=StepSwitch(10**6))
+    closure = lambda: torch.nn.functional.mse_loss(model(x), y)  # noqa: E731
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _epoch in range(1, 5):
+            for _ in range(100):
+                opt.zero_grad()
+                closure().backward()
+                opt.step()
+            opt.observe(opt.num_steps // pace, closure=closure, train_acc=0.5)
+    said = [str(w.message) for w in caught if "optimizer steps were taken" in str(w.message)]
+    if pace == 1:
+        assert said == []
+    else:
+        assert len(said) == 1 and "advanced by 1 while 100 optimizer steps" in said[0]

@@ -63,6 +63,7 @@ default_phase2: OptimizerFactory = functools.partial(
 
 AUTO_PLACEHOLDER = {"lr": 1e-3, "weight_decay": 1.0}  # until the switch measures them
 MISSING_METRIC_AFTER = 100  # observations without the switch's metric before a warning
+PACE_AFTER = 50  # optimizer steps before observe()'s step is compared with them
 
 
 def _normalize_groups(params: Any) -> list[dict[str, Any]]:
@@ -263,6 +264,8 @@ class GROKtimizer(OptimizerWrapper):
         self.auto_lr_record: dict[str, Any] | None = None
         self._seen_metrics: set[str] = set()  # names observe() has been given in phase 1
         self._phase1_observations = 0
+        self._step_ref: tuple[int, int] | None = None  # (observe's step, steps taken) at first
+        self._step_warned = False
         self.metric_carried = 0
 
     # -- the active phase, seen as a plain optimizer ------------------------------------------
@@ -328,6 +331,8 @@ class GROKtimizer(OptimizerWrapper):
         the metrics (curvature re-measurements, decay / step back-offs), then they go down to
         the phase-2 optimizer. ``step`` defaults to the number of steps taken.
         """
+        if step is not None:
+            self._check_step_pace(int(step))
         step = self.num_steps if step is None else int(step)
         if metrics.get("train_acc") is not None:  # the switch and the tuner read it
             check_fraction("GROKtimizer", "train_acc", metrics["train_acc"])
@@ -404,6 +409,29 @@ class GROKtimizer(OptimizerWrapper):
         if getattr(self.criterion, "stalled", False):
             info["cause"] = "stall"  # phase 1 stopped improving short of the threshold
         self._emit("switch", step, metric_carried=self.metric_carried, **info)
+
+    def _check_step_pace(self, step: int) -> None:
+        """The windows (the switch's hold and stall, phase 2's collapse window, the loosening's
+        20 steps) count in the steps observe() is given. Warn once where those advance at a
+        different pace from the optimizer's steps (a loop that passes its epoch, say: a
+        300-step collapse window would then last 300 epochs)."""
+        if self._step_warned:
+            return
+        if self._step_ref is None:
+            self._step_ref = (step, self.num_steps)
+            return
+        given, taken = step - self._step_ref[0], self.num_steps - self._step_ref[1]
+        if taken >= PACE_AFTER and not 0.5 <= given / taken <= 2.0:
+            import warnings
+
+            self._step_warned = True
+            warnings.warn(
+                f"GROKtimizer: observe(step=...) advanced by {given} while {taken} optimizer "
+                "steps were taken; its windows (the switch's hold and stall, phase 2's collapse "
+                "window) count in observe's steps. Pass the number of optimizer steps (or no "
+                "step)",
+                stacklevel=3,
+            )
 
     def _check_closure(self, closure: LossClosure | None) -> None:
         """Phase 2's automatic η is measured at the switch on a closure's loss: say so at the
