@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -338,7 +339,7 @@ class GROKtimizer(OptimizerWrapper):
             check_fraction("GROKtimizer", "train_acc", metrics["train_acc"])
         if closure is not None:
             self._last_closure = closure
-        closure = closure or self._curvature_closure or self._last_closure
+        closure = self._closure(closure)
         mean = self._mean_over_ranks()
         if mean is not None:
             metrics = mean.metrics(metrics)
@@ -371,7 +372,7 @@ class GROKtimizer(OptimizerWrapper):
                 f"GROKtimizer: already in phase 2 (switched at step {self.switch_step})"
             )
         step = self.num_steps if step is None else int(step)
-        closure = closure or self._curvature_closure or self._last_closure
+        closure = self._closure(closure)
         self._mean_over_ranks()
         lr1 = self.phase1.param_groups[0].get("lr")
         phase1_lr = float(lr1) if isinstance(lr1, (int, float)) else None
@@ -410,6 +411,11 @@ class GROKtimizer(OptimizerWrapper):
             info["cause"] = "stall"  # phase 1 stopped improving short of the threshold
         self._emit("switch", step, metric_carried=self.metric_carried, **info)
 
+    def _closure(self, closure: LossClosure | None) -> LossClosure | None:
+        """The curvature closure to use: the one given, else ``set_curvature_closure``'s, else
+        the last one ``observe()`` was given."""
+        return closure or self._curvature_closure or self._last_closure
+
     def _check_step_pace(self, step: int) -> None:
         """The windows (the switch's hold and stall, phase 2's collapse window, the loosening's
         20 steps) count in the steps observe() is given. Warn once where those advance at a
@@ -422,8 +428,6 @@ class GROKtimizer(OptimizerWrapper):
             return
         given, taken = step - self._step_ref[0], self.num_steps - self._step_ref[1]
         if taken >= PACE_AFTER and not 0.5 <= given / taken <= 2.0:
-            import warnings
-
             self._step_warned = True
             warnings.warn(
                 f"GROKtimizer: observe(step=...) advanced by {given} while {taken} optimizer "
@@ -463,8 +467,6 @@ class GROKtimizer(OptimizerWrapper):
             return
         missing = self.criterion.waits_for(self._seen_metrics)
         if missing:
-            import warnings
-
             given = ", ".join(sorted(self._seen_metrics)) or "none"
             warnings.warn(
                 f"GROKtimizer: the switch {self.criterion!r} reads {', '.join(missing)}, which "
@@ -478,8 +480,6 @@ class GROKtimizer(OptimizerWrapper):
         """An LR scheduler built on this optimizer (not on ``opt.phase1``) keeps the phase-1 base
         learning rates and would overwrite phase 2's step size from here on: say so."""
         if getattr(self.step, "_wrapped_by_lr_sched", False):
-            import warnings
-
             warnings.warn(
                 "GROKtimizer: an LR scheduler was built on the GROKtimizer itself; after the "
                 "switch it would set phase 2's lr from phase 1's base lr. Build phase-1 "

@@ -34,9 +34,13 @@ __all__ = [
 ]
 
 
-def _check_patience(owner: str, patience: Any) -> None:
-    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
-        raise ValueError(f"{owner}: patience must be an int >= 1, got {patience!r}")
+def _check_count(owner: str, name: str, value: Any, optional: bool = False) -> None:
+    """An int >= 1 (or None where ``optional``): patience, stall and hold."""
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        accepted = "None or an int >= 1" if optional else "an int >= 1"
+        raise ValueError(f"{owner}: {name} must be {accepted}, got {value!r}")
 
 
 def _check_real(owner: str, name: str, value: Any, lo: float, hi: float, rng: str) -> None:
@@ -115,12 +119,8 @@ class _Held(SwitchCriterion):
 
     def __init__(self, patience: int, hold: int | None = None) -> None:
         super().__init__()
-        _check_patience(type(self).__name__, patience)
-        ok = hold is None or (isinstance(hold, int) and not isinstance(hold, bool) and hold >= 1)
-        if not ok:
-            raise ValueError(
-                f"{type(self).__name__}: hold must be None or an int >= 1, got {hold!r}"
-            )
+        _check_count(type(self).__name__, "patience", patience)
+        _check_count(type(self).__name__, "hold", hold, optional=True)
         self.patience = patience
         self.hold = hold
         self.count = 0
@@ -133,11 +133,13 @@ class _Held(SwitchCriterion):
         ok = self._condition(step, metrics)
         if ok is None:
             return None
-        self.count = self.count + 1 if ok else 0
-        self.since = (int(step) if self.count == 1 else self.since) if ok else None
-        spans = (
-            self.hold is not None and self.count >= 2 and int(step) - self.since >= self.hold  # type: ignore[operator]
-        )
+        if not ok:
+            self.count, self.since = 0, None
+            return False
+        self.count += 1
+        if self.count == 1:
+            self.since = int(step)
+        spans = self.hold is not None and self.count >= 2 and int(step) - self.since >= self.hold  # type: ignore[operator]
         return self.count >= self.patience or spans
 
     def reset(self) -> None:
@@ -177,7 +179,7 @@ class AccuracySwitch(_Held):
         if threshold == 0:  # 0 would switch at the first observation, before any fit
             raise ValueError(f"AccuracySwitch: threshold must be in (0, 1], got {threshold!r}")
         if stall is not None:
-            _check_patience("AccuracySwitch stall", stall)
+            _check_count("AccuracySwitch", "stall", stall)
         _check_real("AccuracySwitch", "stall_floor", stall_floor, 0.0, 1.0, "in (0, 1]")
         super().__init__(patience, hold)
         self.threshold = float(threshold)
