@@ -5,9 +5,9 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from groktimizer.experiment.data import digits, linear_regression, modular_arithmetic, sparse_parity
-from groktimizer.experiment.models import LSTM, MLP, Linear, Transformer
+from groktimizer.experiment.models import CNN, LSTM, MLP, Linear, Transformer
 
-CLASSES = {"mlp": MLP, "transformer": Transformer, "lstm": LSTM, "linear": Linear}
+CLASSES = {"mlp": MLP, "transformer": Transformer, "lstm": LSTM, "cnn": CNN, "linear": Linear}
 
 DATA = {
     "modular_tokens": lambda: modular_arithmetic(p=11, form="tokens", seed=0),
@@ -25,6 +25,7 @@ PAIRS = [
     ("transformer", "modular_tokens"),
     ("transformer", "modular_onehot"),
     ("lstm", "modular_tokens"),
+    ("cnn", "digits"),
     ("linear", "sparse_parity"),
     ("linear", "linear_regression"),
     ("linear", "digits"),
@@ -33,6 +34,7 @@ SMALL = {
     "mlp": {"depth": 2, "width": 32, "embed_dim": 8},
     "transformer": {"d_model": 32, "n_heads": 4, "d_mlp": 64},
     "lstm": {"hidden": 16, "embed_dim": 8, "n_layers": 2},
+    "cnn": {"channels": [4, 8], "width": 16, "norm": "batch"},
     "linear": {},
 }
 
@@ -177,3 +179,66 @@ def test_lstm_equals_torch_lstm_and_runs_under_vmap() -> None:
         LSTM(DATA["digits"]())
     with pytest.raises(ValueError, match="Invalid hidden: 0"):
         LSTM(data, hidden=0)
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "group"])
+def test_cnn_norms_scale_invariance_and_vmap(norm: str) -> None:
+    """A convolution followed by a norm is scale-invariant (3x its weight and bias: the same
+    function), without one it is not; batch norm uses the evaluated batch's statistics in
+    training and evaluation alike (no running averages: evaluation equals training mode); the
+    forward batches under vmap for every norm."""
+    data = DATA["digits"]()
+    torch.manual_seed(0)
+    net = CNN(data, channels=[4, 8], width=16, norm=norm)
+    x = data.x_train[:20]
+    out = net(x)
+    conv = net.features[0]
+    with torch.no_grad():
+        conv.weight.mul_(3.0)
+        conv.bias.mul_(3.0)
+    if norm == "none":
+        assert not torch.allclose(net(x), out, atol=1e-3)
+    else:
+        torch.testing.assert_close(net(x), out, atol=1e-4, rtol=1e-4)
+    assert all(not b.numel() for b in net.buffers())  # nothing updated in place
+    torch.testing.assert_close(net.eval()(x), net.train()(x))
+    if norm == "batch":  # per channel: mean 0, variance 1 over the batch before gain and shift
+        pre = net.features[:2](x.reshape(-1, 1, 8, 8))
+        torch.testing.assert_close(pre.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            pre.var(dim=(0, 2, 3), unbiased=False), torch.ones(4), atol=1e-3, rtol=0
+        )
+    copies = [CNN(data, channels=[4, 8], width=16, norm=norm) for _ in range(2)]
+    params, buffers = stack_module_state(copies)
+
+    def forward(p, b, inputs):
+        return functional_call(copies[0], (p, b), (inputs,))
+
+    batched = vmap(forward, in_dims=(0, 0, None))(params, buffers, x)
+    torch.testing.assert_close(batched, torch.stack([m(x) for m in copies]), atol=1e-5, rtol=0)
+
+
+def test_cnn_shape_init_scale_and_bad_arguments() -> None:
+    data = DATA["digits"]()
+    torch.manual_seed(3)
+    base = CNN(data, channels=[4, 8, 8], width=16)
+    torch.manual_seed(3)
+    big = CNN(data, channels=[4, 8, 8], width=16, init_scale=8.0)
+    for p, q in zip(base.parameters(), big.parameters(), strict=True):
+        torch.testing.assert_close(q, 8.0 * p)
+    # 8x8 -> 8x8 (stride 1) -> 4x4 -> 2x2 (stride 2): 8 channels x 4 pixels into the hidden layer
+    assert base.head[1].in_features == 8 * 2 * 2
+    with pytest.raises(
+        ValueError,
+        match="model 'cnn' needs square images as flat features; "
+        "dataset 'linear_regression_n10_d30' gives 30 features",
+    ):
+        CNN(DATA["linear_regression"]())
+    with pytest.raises(ValueError, match="model 'cnn' needs feature inputs"):
+        CNN(DATA["modular_tokens"]())
+    with pytest.raises(ValueError, match=r"Invalid norm: 'layer' \(accepted: \['none', 'batch', "):
+        CNN(data, norm="layer")
+    with pytest.raises(ValueError, match="Invalid channels: 0"):
+        CNN(data, channels=[4, 0])
+    with pytest.raises(ValueError, match="Invalid channels: \\[\\]"):
+        CNN(data, channels=[])

@@ -27,8 +27,8 @@ PAIRS = {
     "modular": ["mlp", "transformer"],
     "sparse_parity": ["mlp"],
     "linear_regression": ["linear", "mlp"],
-    "digits": ["mlp", "mlp_large_init"],
-    "mnist": ["mlp_large_init"],
+    "digits": ["mlp", "mlp_large_init", "cnn"],
+    "mnist": ["mlp_large_init", "cnn"],
 }
 TINY = {
     "modular_add": ["dataset.p=7", "dataset.train_fraction=0.5"],

@@ -111,6 +111,17 @@ class LSTMConfig:
 
 
 @dataclass
+class CNNConfig:
+    _target_: str = "groktimizer.experiment.models.CNN"
+    _partial_: bool = True
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    width: int = 128
+    norm: str = "none"  # none | batch | group
+    activation: str = "relu"
+    init_scale: float = 1.0
+
+
+@dataclass
 class LinearConfig:
     _target_: str = "groktimizer.experiment.models.Linear"
     _partial_: bool = True
@@ -195,6 +206,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "mlp_schema": MLPConfig,
         "transformer_schema": TransformerConfig,
         "lstm_schema": LSTMConfig,
+        "cnn_schema": CNNConfig,
         "linear_schema": LinearConfig,
     },
     "trainer": {"trainer_schema": TrainerConfig},

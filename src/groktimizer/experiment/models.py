@@ -1,4 +1,4 @@
-"""Models for the grokking experiments: MLP, the progress-measures transformer, LSTM, linear.
+"""Models for the grokking experiments: MLP, the progress-measures transformer, LSTM, CNN, linear.
 
 Each model class is also its own factory: ``Model(data, **options)`` reads the input and output
 sizes from a :class:`~groktimizer.experiment.data.TaskData`, so a config with
@@ -20,7 +20,7 @@ from torch import nn
 
 from groktimizer.experiment.data import TaskData
 
-__all__ = ["ACTIVATIONS", "MLP", "Transformer", "LSTM", "Linear"]
+__all__ = ["ACTIVATIONS", "CNN", "CNN_NORMS", "MLP", "Transformer", "LSTM", "Linear"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -264,6 +264,79 @@ class LSTM(nn.Module):
                 outs.append(h)
             seq = torch.stack(outs, dim=1)
         return self.readout(seq[:, -1])
+
+
+CNN_NORMS = ("none", "batch", "group")
+
+
+class CNN(nn.Module):
+    """A small convolutional net for square one-channel images given as flat features (digits
+    8x8, MNIST 28x28): one 3x3 convolution (padding 1) per entry of ``channels``, stride 1 for
+    the first and 2 after, each followed by ``norm`` and ``activation``; then a hidden layer of
+    ``width`` units and a linear readout.
+
+    ``norm="batch"`` is batch normalisation (learned gain and shift) with the statistics of the
+    batch being evaluated, in training and in evaluation alike (``track_running_stats=False``):
+    running averages would be an in-place update in the forward pass, which ``vmap`` (seed
+    ensembles, batched sweeps) and the curvature probe's repeated forwards cannot have. The
+    weights of a convolution followed by a norm are scale-invariant: decay on them shrinks their
+    norm without changing the function, and raises the effective step. ``norm="group"``: 8 groups
+    (or one per channel where fewer). After PyTorch's default init every parameter is multiplied
+    by ``init_scale``.
+    """
+
+    def __init__(
+        self,
+        data: TaskData,
+        channels: tuple[int, ...] | list[int] = (32, 64),
+        width: int = 128,
+        norm: str = "none",
+        activation: str = "relu",
+        init_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        _require_input(data, "features", "cnn")
+        side = math.isqrt(int(data.in_dim or 0))
+        if side * side != data.in_dim:
+            raise ValueError(
+                f"model 'cnn' needs square images as flat features; dataset {data.name!r} gives "
+                f"{data.in_dim} features (accepted: a square number, e.g. 64 for 8x8)"
+            )
+        channels = list(channels)
+        if not channels:
+            raise ValueError("Invalid channels: [] (accepted: a non-empty list of ints >= 1)")
+        for c in channels:
+            _check_int("channels", c, 1)
+        _check_int("width", width, 1)
+        _check_init_scale(init_scale)
+        if norm not in CNN_NORMS:
+            raise ValueError(f"Invalid norm: {norm!r} (accepted: {list(CNN_NORMS)})")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Invalid activation: {activation!r} (accepted: {list(ACTIVATIONS)})")
+        self.side = side
+        layers: list[nn.Module] = []
+        c_in = 1
+        for k, c in enumerate(channels):
+            stride = 1 if k == 0 else 2
+            layers.append(nn.Conv2d(c_in, c, 3, stride=stride, padding=1))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(c, track_running_stats=False))
+            elif norm == "group":
+                layers.append(nn.GroupNorm(math.gcd(8, c), c))
+            layers.append(ACTIVATIONS[activation]())
+            side = (side - 1) // stride + 1
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c_in * side * side, width),
+            ACTIVATIONS[activation](),
+            nn.Linear(width, data.out_dim),
+        )
+        _scale_parameters(self, init_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.reshape(-1, 1, self.side, self.side)))
 
 
 class Linear(nn.Module):
