@@ -242,3 +242,29 @@ def test_cnn_shape_init_scale_and_bad_arguments() -> None:
         CNN(data, channels=[4, 0])
     with pytest.raises(ValueError, match="Invalid channels: \\[\\]"):
         CNN(data, channels=[])
+
+
+def test_cnn_with_batch_norm_goes_through_the_default_switch() -> None:
+    """The default GROKtimizer's probe takes double backward through batch norm with batch
+    statistics (no fallback to differences) and measures a finite curvature; phase 2 steps."""
+    from groktimizer import GROKtimizer, StepSwitch
+
+    data = digits(n_train=50, n_val=20)
+    torch.manual_seed(0)
+    net = CNN(data, channels=[4, 8], width=16, norm="batch")
+
+    def closure():
+        return torch.nn.functional.cross_entropy(net(data.x_train), data.y_train)
+
+    opt = GROKtimizer(net.parameters(), switch=StepSwitch(10), curvature_closure=closure)
+    events = []
+    for step in range(1, 21):
+        opt.zero_grad()
+        closure().backward()
+        opt.step()
+        events += opt.observe(step, train_loss=float(closure().detach()), train_acc=1.0)
+    (switch,) = [e for e in events if e["event"] == "switch"]
+    rec = switch["auto_lr"]
+    assert rec["hvp"] == "autograd" and 0 < rec["h_max"] < float("inf")
+    assert [e["event"] for e in events] == ["switch"]  # no blow-up, no back-off in 10 steps
+    assert opt.phase == 2 and opt.param_groups[0]["lr"] == rec["lr"]
