@@ -280,9 +280,10 @@ class CNN(nn.Module):
     running averages would be an in-place update in the forward pass, which ``vmap`` (seed
     ensembles, batched sweeps) and the curvature probe's repeated forwards cannot have. The
     weights of a convolution followed by a norm are scale-invariant: decay on them shrinks their
-    norm without changing the function, and raises the effective step. ``norm="group"``: 8 groups
-    (or one per channel where fewer). After PyTorch's default init every parameter is multiplied
-    by ``init_scale``.
+    norm without changing the function, and raises the effective step (GROKtimizer decays them
+    as any other weight: leaving them out was measured and dropped, see docs/default.md).
+    ``norm="group"``: gcd(8, channels) groups (8 for multiples of 8). After PyTorch's default
+    init every parameter is multiplied by ``init_scale``.
     """
 
     def __init__(
