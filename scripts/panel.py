@@ -69,6 +69,7 @@ PANEL: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "mlp_train25": ("add97_mlp", 5000, ("dataset.train_fraction=0.25",)),
     "mlp_noise15": ("add97_mlp", 5000, ("dataset.label_noise=0.15",)),
     "digits_mb50": ("digits_lowsample", 5000, (MB + "50",)),
+    "digits_cnn_bn": ("digits_lowsample", 5000, ("model=cnn", "model.norm=batch")),
 }
 REFERENCE = Path("outputs/results/cpu/panel/panel.json")
 
