@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from groktimizer import GROKtimizer, StepSwitch
 from groktimizer.experiment.data import digits, linear_regression, modular_arithmetic, sparse_parity
 from groktimizer.experiment.models import CNN, LSTM, MLP, Linear, Transformer
 
@@ -247,8 +248,6 @@ def test_cnn_shape_init_scale_and_bad_arguments() -> None:
 def test_cnn_with_batch_norm_goes_through_the_default_switch() -> None:
     """The default GROKtimizer's probe takes double backward through batch norm with batch
     statistics (no fallback to differences) and measures a finite curvature; phase 2 steps."""
-    from groktimizer import GROKtimizer, StepSwitch
-
     data = digits(n_train=50, n_val=20)
     torch.manual_seed(0)
     net = CNN(data, channels=[4, 8], width=16, norm="batch")

@@ -54,6 +54,11 @@ def _check_init_scale(init_scale: Any) -> None:
         raise ValueError(f"Invalid init_scale: {init_scale!r} (accepted: a number >= 0)")
 
 
+def _check_activation(activation: Any) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"Invalid activation: {activation!r} (accepted: {list(ACTIVATIONS)})")
+
+
 @torch.no_grad()
 def _scale_parameters(module: nn.Module, init_scale: float) -> None:
     # Omnigrok's large-init setup multiplies every parameter (weights, biases, embeddings).
@@ -87,8 +92,7 @@ class MLP(nn.Module):
         _check_int("width", width, 1)
         _check_int("embed_dim", embed_dim, 1)
         _check_init_scale(init_scale)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"Invalid activation: {activation!r} (accepted: {list(ACTIVATIONS)})")
+        _check_activation(activation)
 
         if data.input_kind == "tokens":
             self.embed: nn.Embedding | None = nn.Embedding(data.vocab_size, embed_dim)
@@ -312,8 +316,7 @@ class CNN(nn.Module):
         _check_init_scale(init_scale)
         if norm not in CNN_NORMS:
             raise ValueError(f"Invalid norm: {norm!r} (accepted: {list(CNN_NORMS)})")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"Invalid activation: {activation!r} (accepted: {list(ACTIVATIONS)})")
+        _check_activation(activation)
         self.side = side
         layers: list[nn.Module] = []
         c_in = 1
