@@ -13,6 +13,7 @@ from groktimizer import CDM, GROKtimizer, StepSwitch, critical_momentum, observe
 from groktimizer.autotune import (
     LOOSEN_AFTER,
     NOISY_SHARE,
+    NOISY_STEP_GROWTH,
     NORM_FLAT,
     RAW_FRACTION,
     Phase2Tuner,
@@ -190,15 +191,18 @@ def test_a_back_off_after_the_loosening_starts_from_the_cap():
 
 
 @pytest.mark.parametrize(
-    "cos,noise_decay", [(0.4, None), (-0.4, True), (0.4, False), (0.7, None), (1.0, None)]
+    "cos,noise_decay",
+    [(0.4, None), (-0.4, True), (0.2, None), (0.4, False), (0.7, None), (1.0, None)],
 )
 def test_first_decay_back_off_lowers_lambda_to_the_gradients_signal_share(cos, noise_decay):
     """Before phase 2's first step the tuner measures cos² between that step's gradient (a
     minibatch's) and the closure's at the same weights (a ``grad_noise`` event; none for a
     full-batch gradient, cos 1, nor with noise_decay=False; on by default, None here). λ stays;
-    the first decay back-off sets λ := cos²·λ with η kept where cos² is under 1/3, and later
-    ones (or one where cos² is not under 1/3) cut λ 3x with η lowered to keep the step. (The
-    trial of a larger step for a noisy gradient, noisy_step, is off here: tested below.)"""
+    the first decay back-off sets κ := cos²·κ where cos² is under 1/3: λ := cos²·λ with η kept
+    while the heavy ball's step grows at most NOISY_STEP_GROWTH times (1/|cos| 2.5 at cos 0.4),
+    else (cos 0.2: 5x) η holds the step at that growth and λ = κ/η; later back-offs (or one
+    where cos² is not under 1/3) cut λ 3x with η lowered to keep the step. (The trial of a
+    larger step for a noisy gradient, noisy_step, is off here: tested below.)"""
     kw = {} if noise_decay is None else {"noise_decay": noise_decay}
     kw["noisy_step"] = False
     H, w, closure, scale, opt, rec = _capped(True, collapse_window=0, **kw)
@@ -218,9 +222,7 @@ def test_first_decay_back_off_lowers_lambda_to_the_gradients_signal_share(cos, n
     assert ev["event"] == "decay_backoff" and ev["weights_changed"]
     g = opt.param_groups[0]
     if measured and cos**2 < 1 / 3:
-        assert ev["weight_decay"] == pytest.approx(cos**2 * lam, rel=1e-6)
-        assert ev["lr"] == pytest.approx(lr, rel=1e-9) == g["lr"]  # η kept, β follows ηλ
-        assert g["momentum_used"] == pytest.approx(critical_momentum(1.0, lr * ev["weight_decay"]))
+        _assert_cut_to_signal_share(ev, g, lr, lam, cos**2)
         lam2, lr2 = ev["weight_decay"], ev["lr"]
         (ev,) = observe(opt, 3, closure=closure, train_loss=loss, train_acc=0.5)
         assert ev["event"] == "decay_backoff"  # the second: the usual 3x (and η halved: no
@@ -230,13 +232,32 @@ def test_first_decay_back_off_lowers_lambda_to_the_gradients_signal_share(cos, n
         assert ev["weight_decay"] == pytest.approx(lam / 3, rel=1e-6) and ev["lr"] < lr
 
 
-@pytest.mark.parametrize("cos,noisy_step", [(0.4, None), (-0.5, True), (0.8, None), (0.4, False)])
+def _assert_cut_to_signal_share(ev, g, lr, lam, share):
+    """κ := share·κ from (lr, lam): λ·share with η kept, unless the heavy ball's step would grow
+    more than NOISY_STEP_GROWTH times; then η holds it there."""
+    step = lr / (1 - critical_momentum(lr, lam))
+    kept = lr / (1 - critical_momentum(lr, lam * share))
+    assert ev["lr"] * ev["weight_decay"] == pytest.approx(lr * lam * share, rel=1e-6)
+    assert ev["lr"] == g["lr"] and ev["weight_decay"] == g["weight_decay"]
+    new_step = ev["lr"] / (1 - g["momentum_used"])
+    if kept <= NOISY_STEP_GROWTH * step:
+        assert ev["lr"] == pytest.approx(lr, rel=1e-9)  # η kept, β follows ηλ
+        assert new_step == pytest.approx(kept, rel=1e-9)
+    else:
+        assert ev["lr"] < lr and new_step == pytest.approx(NOISY_STEP_GROWTH * step, rel=1e-6)
+    assert g["momentum_used"] == pytest.approx(critical_momentum(1.0, lr * lam * share))
+
+
+@pytest.mark.parametrize(
+    "cos,noisy_step", [(0.4, None), (-0.5, True), (0.2, None), (0.8, None), (0.4, False)]
+)
 def test_a_noisy_gradient_tries_the_raw_fraction_of_the_bound_without_the_cap(cos, noisy_step):
     """Where phase 2's first gradient is mostly noise (cos² < NOISY_SHARE = 1/2) the default
     (None here) tries η at the raw metric's fraction of the bound (η·h + κ = ½·B(β(κ))), no step
-    cap, λ = κ/η; the first back-off in the trial rolls the weights back and returns to the capped
-    η and the switch's λ (lr_backoff, reason noisy_step), after which the capped run's rules hold:
-    the next decay back-off sets λ := cos²·λ. cos² >= 1/2, or noisy_step=False: no trial."""
+    cap, λ = κ/η; the first back-off in the trial rolls the weights back and returns to the
+    capped η and the switch's λ with κ cut to cos²·κ at once, as the capped run's first decay
+    back-off would (lr_backoff, reason noisy_step); later decay back-offs cut λ 3x. cos² >= 1/2,
+    or noisy_step=False: no trial."""
     kw = {} if noisy_step is None else {"noisy_step": noisy_step}
     H, w, closure, scale, opt, rec = _capped(True, collapse_window=10, **kw)
     cap, lam = rec["lr"], rec["weight_decay"]
@@ -264,16 +285,15 @@ def test_a_noisy_gradient_tries_the_raw_fraction_of_the_bound_without_the_cap(co
     (ev,) = observe(opt, 4, closure=closure, train_loss=float("inf"))  # a blow-up
     assert ev["event"] == "lr_backoff" and ev["reason"] == "noisy_step" and ev["weights_changed"]
     g = opt.param_groups[0]
-    assert ev["lr"] == pytest.approx(cap, rel=1e-9) == g["lr"]
-    assert ev["weight_decay"] == pytest.approx(lam) == g["weight_decay"]
+    _assert_cut_to_signal_share(ev, g, cap, lam, cos**2)
     assert ev["lr_backoffs"] == 1 and ev["cause"] == "blow-up"
     assert torch.equal(w.detach(), w_good)
     assert all("momentum_buffer" not in st for st in opt.phase2.state.values())
+    lr2, lam2 = ev["lr"], ev["weight_decay"]
     assert not observe(opt, 5, closure=closure, train_loss=loss, train_acc=0.5)  # a fall starts
     (ev,) = observe(opt, 15, closure=closure, train_loss=loss, train_acc=0.5)  # and lasts
-    assert ev["event"] == "decay_backoff"  # the capped run's first back-off: λ·cos², η kept
-    assert ev["weight_decay"] == pytest.approx(cos**2 * lam, rel=1e-6)
-    assert ev["lr"] == pytest.approx(cap, rel=1e-9)
+    assert ev["event"] == "decay_backoff"  # the share was used: the usual 3x, η lowered
+    assert ev["weight_decay"] == pytest.approx(lam2 / 3, rel=1e-6) and ev["lr"] < lr2
 
 
 def test_a_noisy_trial_that_outlives_a_collapse_window_at_the_fit_stands():
@@ -404,15 +424,17 @@ def test_a_fall_to_chance_rolls_back_at_once_a_dip_waits_the_window():
 def test_a_fall_still_recovering_at_the_window_keeps_its_weights_a_stalled_one_rolls_back():
     """A fall that lasts the window lowers λ; while its train loss still comes down (10% over a
     third of the window) the weights are kept (the fit is being rebuilt at a lower norm), and
-    a new window starts; once the loss stalls past it, the rollback follows."""
+    a new window starts; once the loss stalls past it, the rollback follows. (The norm still
+    falls here: at a steady norm the fall is held instead, tested below.)"""
     model, opt = _guarded(collapse_window=30)
     assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
     assert observe(opt, 5, train_acc=1.0, train_loss=0.02, weight_norm=4.9) == []  # good state
     good = [p.detach().clone() for p in model.parameters()]
     fallen = _scale(model, 0.5)
-    for step, acc, loss in [(10, 0.60, 2.0), (20, 0.58, 2.5), (30, 0.62, 2.2)]:
-        assert observe(opt, step, train_acc=acc, train_loss=loss, weight_norm=2.5) == [], step
-    # the window is over at 40; the loss fell 2.2 -> 1.8 (< 0.9 x 2.2) since step 30
+    for step, acc, loss, wn in [(10, 0.60, 2.0, 2.8), (20, 0.58, 2.5, 2.7), (30, 0.62, 2.2, 2.6)]:
+        assert observe(opt, step, train_acc=acc, train_loss=loss, weight_norm=wn) == [], step
+    # the window is over at 40; the loss fell 2.2 -> 1.8 (< 0.9 x 2.2) since step 30, the norm
+    # 2.6 -> 2.5 (more than NORM_FLAT)
     (ev,) = observe(opt, 40, train_acc=0.66, train_loss=1.8, weight_norm=2.5)
     assert ev["event"] == "decay_backoff" and ev["weights_changed"] is False
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(1.0)
@@ -428,6 +450,56 @@ def test_a_fall_still_recovering_at_the_window_keeps_its_weights_a_stalled_one_r
     for p, g in zip(model.parameters(), good, strict=True):
         assert torch.equal(p, g)
     assert opt.tuner.state_dict()["drop_losses"] == []  # cleared with the rollback
+
+
+@pytest.mark.parametrize("norm_then", [2.5, 2.5 / (1 - 0.5 * NORM_FLAT), 2.4])
+def test_a_recovering_fall_at_a_steady_norm_is_held(norm_then):
+    """A fall that lasts the window with its loss still coming down and its weight norm within
+    NORM_FLAT of where it was a third of the window before (or above it): the decay no longer
+    shrinks the weights and the fit is coming back at the lower norm, so nothing changes (event
+    decay_hold, weights, η and λ kept) and a new window starts; a stall there rolls back."""
+    model, opt = _guarded(collapse_window=30)
+    assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
+    assert observe(opt, 5, train_acc=1.0, train_loss=0.02, weight_norm=4.9) == []  # good state
+    good = [p.detach().clone() for p in model.parameters()]
+    g = opt.param_groups[0]
+    lr, lam = g["lr"], g["weight_decay"]
+    fallen = _scale(model, 0.5)
+    for step, acc, loss, wn in [
+        (10, 0.60, 2.0, 2.8),
+        (20, 0.58, 2.5, 2.6),
+        (30, 0.62, 2.2, norm_then),
+    ]:
+        assert observe(opt, step, train_acc=acc, train_loss=loss, weight_norm=wn) == [], step
+    (ev,) = observe(opt, 40, train_acc=0.66, train_loss=1.8, weight_norm=2.5)
+    assert ev["event"] == "decay_hold" and ev["reason"] == "steady_fall"
+    assert ev["cause"] == "accuracy, recovering at a steady norm (weights, η and λ kept)"
+    assert g["lr"] == lr and g["weight_decay"] == lam == ev["weight_decay"]
+    assert ev["decay_backoffs"] == 0 and ev["lr_backoffs"] == 0
+    for p, f in zip(model.parameters(), fallen, strict=True):
+        assert torch.equal(p, f)  # kept
+    for step, loss in [(50, 1.5), (60, 1.45)]:  # inside the new window
+        assert observe(opt, step, train_acc=0.7, train_loss=loss, weight_norm=2.5) == [], step
+    (ev,) = observe(opt, 70, train_acc=0.70, train_loss=1.44, weight_norm=2.5)  # stalled
+    assert ev["event"] == "decay_backoff" and ev["weights_changed"] is True
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(lam / 3)
+    for p, q in zip(model.parameters(), good, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_recovering_fall_with_the_norm_still_falling_is_not_held():
+    """The same fall with the norm down by more than NORM_FLAT over the last third of the
+    window: the decay still wins, λ is lowered in place (decay_backoff, weights kept)."""
+    model, opt = _guarded(collapse_window=30)
+    observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)
+    observe(opt, 5, train_acc=1.0, train_loss=0.02, weight_norm=4.9)
+    _scale(model, 0.5)
+    for step, acc, loss in [(10, 0.60, 2.0), (20, 0.58, 2.5), (30, 0.62, 2.2)]:
+        assert observe(opt, step, train_acc=acc, train_loss=loss, weight_norm=2.5) == [], step
+    wn = 2.5 * (1 - 2 * NORM_FLAT)
+    (ev,) = observe(opt, 40, train_acc=0.66, train_loss=1.8, weight_norm=wn)
+    assert ev["event"] == "decay_backoff" and ev["weights_changed"] is False
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1.0)
 
 
 def test_a_fall_with_the_norm_risen_cuts_the_step_not_the_decay():

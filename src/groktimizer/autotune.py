@@ -22,7 +22,10 @@ full-batch one under ``NOISY_SHARE``), Adam's v is the noise's and no longer dam
 mode, so phase 2 tries η at the raw metric's fraction of the bound, without the step cap, and
 λ = κ/η (``noisy_step``); the first back-off of any kind in that trial rolls back to the last good
 state and returns to the capped η and the switch's λ (event ``lr_backoff``, reason
-``noisy_step``): from there the run is the capped one. A trial at the fit ``collapse_window``
+``noisy_step``) with the decay's pace cut to the gradient's signal share at once (κ := cos²·κ,
+as the first decay back-off would: λ := cos²·λ with η kept, η lowered where that would grow the
+heavy ball's step more than ``NOISY_STEP_GROWTH`` times): from there the run is the capped one's
+after its first decay back-off. A trial at the fit ``collapse_window``
 steps after the switch stands (event ``auto_lr``, reason ``noisy_step_kept``): later back-offs
 start from its η and λ (λ/3, not the signal share).
 
@@ -33,8 +36,9 @@ another better than λ does. In Adam's metric λ is in units of Adam's second mo
 strength is ``λ·s``, s its median, see ``AdamCDML2``), and in minibatches that second moment is
 mostly noise: at phase 2's first step the signal's share of it is measured, cos² between that
 step's gradient and the full-batch one at the same weights (``noise_decay``; a full-batch
-gradient agrees), and the first decay back-off lowers λ to that share of itself. Where decay
-still wins, it is detected and undone:
+gradient agrees), and the first decay back-off lowers λ to that share of itself (η kept, or
+lowered where the heavy ball's step would grow more than ``NOISY_STEP_GROWTH`` times). Where
+decay still wins, it is detected and undone:
 
     train accuracy < acc_ref − acc_drop for ``collapse_window`` steps with the train loss no
     longer falling (10% over the last third of the window), or at once when the accuracy is back
@@ -43,6 +47,10 @@ still wins, it is detected and undone:
         -> "decay_backoff": weights and optimizer state := last good snapshot, momentum := 0,
            λ := decay_backoff · λ with η lowered so that the step η/(1 − β) stays (and
            η := lr_backoff · η when it failed again before any good state, or when λ is 0)
+    the same fall for ``collapse_window`` steps with the train loss still falling and the
+    weight norm within ``NORM_FLAT`` of where it was a third of the window before
+        -> "decay_hold": nothing changes (the fit coming back at the lower norm is what phase
+           2 is for), a new window starts
     the same fall for ``collapse_window`` steps with the train loss still falling, or train
     accuracy short of acc_ref by more than ``fit_tolerance`` (within acc_drop) for
     ``collapse_window`` steps with the loss no longer falling (a fixed point short of the fit)
@@ -119,6 +127,14 @@ NOISY_SHARE = 0.5
 # stay with the norm down 3.3% (within its wander), 5,800 steps against 3,200 with η first; at 10%
 # that run took 3,200 again but a-b mod 71 seed 1 did not reach.
 NORM_FLAT = 0.01
+# The decay's pace cut to the gradient's signal share (κ := cos²·κ, the first decay back-off in a
+# noisy run, and a failed noisy trial) keeps η and lowers λ to cos²·λ, so the heavy ball's step
+# η/(1 − β) grows by about 1/|cos|; where that is more than this, η is lowered to hold the step at
+# this many times its value before (λ = κ/η). a+b mod 97, MLP, minibatches of 32 (cos² 0.019,
+# 1/|cos| 7.2), seeds 0 / 1: 4,570 / 4,880 steps at 3, 3,960 / 5,810 at 2, not reached by 8,000
+# at 1 (λ·|cos| there: its fixed point takes the fit); minibatches of 64 / 128, seed 0: 2,440 /
+# 1,700 at 3, 2,530 / 1,890 at 2, 6,170 / 3,470 at 1 (with the fall rule ``_steady_fall``).
+NOISY_STEP_GROWTH = 3.0
 LossClosure = Callable[[], Tensor]
 
 
@@ -339,6 +355,7 @@ class Phase2Tuner:
         self.failed_since_good = False
         self.dropped_since: int | None = None
         self.drop_losses: list[tuple[int, float]] = []  # (step, train loss) during a fall
+        self.drop_norms: list[tuple[int, float]] = []  # (step, weight norm) during a fall
         self.short_since: int | None = None  # first step of a stay short of the fit
         self.short_norm: float | None = None  # the weight norm there
         self.short_step_cut = False  # a stay's η cut came since the run was last at the fit
@@ -590,6 +607,10 @@ class Phase2Tuner:
         self.weight_decay = kept["weight_decay"]
         self.lr_fraction, self.step_cap = kept["lr_fraction"], kept["step_cap"]
         self.counts["lr_backoffs"] += 1
+        share = self.signal_share
+        if self.noise_decay and share is not None and share < self.decay_backoff:
+            self.signal_share = None
+            self._cut_to_signal_share(opt, share)
         self._apply(opt)
 
     @torch.no_grad()
@@ -736,10 +757,11 @@ class Phase2Tuner:
         # collapse_window steps.
         dropped = acc is not None and acc_ref is not None and acc < acc_ref - self.acc_drop
         if not dropped:
-            self.dropped_since, self.drop_losses = None, []
+            self.dropped_since, self.drop_losses, self.drop_norms = None, [], []
         elif self.dropped_since is None:
             self.dropped_since = int(step)
         recovering = dropped and self._recovering(int(step), loss, self.drop_losses)
+        steady = dropped and self._steady_norm(int(step), wn)
         # ... unless the fit is gone: 90% of the accuracy phase 1 gained over its first
         # evaluation lost (a+b mod 97 in minibatches of 256: 99.9% to 10% train within 45 steps
         # of the switch, norm 129 to 30); waiting the window there cost 300 steps
@@ -755,7 +777,10 @@ class Phase2Tuner:
         # (minibatches of 256: train accuracy 99.9% -> 70% -> 80% over 300 steps with the loss
         # falling 2.5 -> 1.9; the rollback at the window's end threw that away and the run
         # grokked 1,000 steps later). Then λ is lowered in place; kept as it was, the run
-        # recovered to a fixed point 3 points short of 99% validation (a-b mod 71, batch 128)
+        # recovered to a fixed point 3 points short of 99% validation (a-b mod 71, batch 128).
+        # Where the norm has also stopped falling (``steady``), the decay no longer shrinks the
+        # weights and the fit is coming back at the lower norm: nothing changes, a new window
+        # starts (see ``_steady_norm``'s caller below)
         since = self.dropped_since
         window_over = since is not None and step - since >= self.collapse_window
         acc_lost = dropped and (fit_gone or (window_over and not recovering))
@@ -832,6 +857,18 @@ class Phase2Tuner:
             self.failed_since_good = True
             cause = "blow-up" if blown else ("accuracy" if acc_lost else "loss")
             events.append(self._event(name, step, rec, **seen, cause=cause))
+        elif soften and steady and not blown:
+            # The way grokking goes in small minibatches: a+b mod 97, MLP, minibatches of 32, η
+            # 5e-5 and λ 0.5 from the switch (no tuner): train accuracy 99% -> 50% as the norm
+            # fell 131 -> 62, then the fit came back at that norm and validation with it, 99%
+            # at 4,000 steps (Adam+EMA 4,080); λ cut there (with η) took 5,580, rolled back
+            # (stalled by the 10% rule) not by 8,000. The default with this: 4,570 / 4,880
+            # (seeds 0 / 1) against 7,220 / 7,820 (see ``NOISY_STEP_GROWTH``), minibatches of 64
+            # 2,440 (3,310); without it 6,970 / 7,650 and 3,090
+            self._new_window(int(step), True, wn)
+            rec = self._record(opt, "steady_fall")
+            cause = "accuracy, recovering at a steady norm (weights, η and λ kept)"
+            events.append(self._event("decay_hold", step, rec, **seen, cause=cause))
         elif (soften or settled) and not blown:
             self._lower_decay(opt)
             self._new_window(int(step), soften, wn)  # weights kept: a new window from here
@@ -896,7 +933,7 @@ class Phase2Tuner:
     def _new_window(self, step: int, fall: bool, wn: float | None) -> None:
         """Weights kept after a back-off: the fall's (``fall``) or the stay's window restarts."""
         if fall:
-            self.dropped_since, self.drop_losses = step, []
+            self.dropped_since, self.drop_losses, self.drop_norms = step, [], []
         else:
             self.short_since, self.short_losses, self.short_norm = step, [], wn
 
@@ -960,12 +997,26 @@ class Phase2Tuner:
         lowered to keep the heavy ball's step was slow (2,110/2,180)."""
         share, self.signal_share = self.signal_share, None
         if share is not None and share < self.decay_backoff:
-            self.weight_decay = float(self.weight_decay) * max(share, 1e-12)  # type: ignore[arg-type]
+            self._cut_to_signal_share(opt, share)
         else:
             lr, wd = float(self.lr), float(self.weight_decay)  # type: ignore[arg-type]
             new_lr, self.weight_decay = self._backed_off(opt, lr, wd)
             self.lr_ceiling = min(self.lr_ceiling or math.inf, new_lr)
         self.counts["decay_backoffs"] += 1
+
+    def _cut_to_signal_share(self, opt: Optimizer, share: float) -> None:
+        """κ := share·κ: λ := share·λ with η kept, unless that grows the heavy ball's step
+        η/(1 − β) more than ``NOISY_STEP_GROWTH`` times; then η holds the step there and
+        λ = κ/η. η is kept as the ceiling."""
+        zeta, nest = _heavy_ball_form(opt)
+        lr, wd = float(self.lr), float(self.weight_decay)  # type: ignore[arg-type]
+        kappa = lr * wd * max(share, 1e-12)
+        step = lr / (1 - critical_momentum(lr, wd, zeta, nest))
+        one_minus_beta = 1 - critical_momentum(1.0, kappa, zeta, nest)
+        new_lr = min(lr, NOISY_STEP_GROWTH * step * one_minus_beta)
+        self.lr = new_lr
+        self.weight_decay = kappa / new_lr
+        self.lr_ceiling = min(self.lr_ceiling or math.inf, new_lr)
 
     def _recovering(self, step: int, loss: float | None, losses: list[tuple[int, float]]) -> bool:
         """During a fall of train accuracy (or a stay short of the fit): has the train loss
@@ -975,10 +1026,24 @@ class Phase2Tuner:
         place."""
         if loss is None or not math.isfinite(loss):
             return False
+        before = self._a_third_back(step, loss, losses)
+        return before is not None and loss < self.RECOVERY * before
+
+    def _steady_norm(self, step: int, norm: float | None) -> bool:
+        """During a fall: is the weight norm within ``NORM_FLAT`` of (or above) where it was a
+        third of the collapse window ago? (``drop_norms`` is updated in place.)"""
+        if norm is None or not math.isfinite(norm):
+            return False
+        before = self._a_third_back(step, norm, self.drop_norms)
+        return before is not None and norm >= (1 - NORM_FLAT) * before
+
+    def _a_third_back(self, step: int, value: float, seen: list[tuple[int, float]]) -> float | None:
+        """Append (step, value) to ``seen``, keeping only what the last third of the collapse
+        window needs; return the value last seen at least a third of the window ago."""
         back = step - self.collapse_window // 3
-        past = [(s, v) for s, v in losses if s <= back]
-        losses[:] = past[-1:] + [(s, v) for s, v in losses if s > back] + [(step, loss)]
-        return bool(past) and loss < self.RECOVERY * past[-1][1]
+        past = [(s, v) for s, v in seen if s <= back]
+        seen[:] = past[-1:] + [(s, v) for s, v in seen if s > back] + [(step, value)]
+        return past[-1][1] if past else None
 
     def _backed_off(self, opt: Optimizer, lr: float, wd: float) -> tuple[float, float]:
         """(η, λ) after a decay back-off. The heavy ball's step ``η/(1 − β)`` stays put in both
@@ -1035,7 +1100,7 @@ class Phase2Tuner:
         for st in opt.state.values():
             st.pop("momentum_buffer", None)  # restart the heavy ball from rest
         self.prev_loss = snap["loss"]
-        self.dropped_since, self.drop_losses = None, []  # other weights: a new stay
+        self.dropped_since, self.drop_losses, self.drop_norms = None, [], []  # other weights
         self.short_since, self.short_losses, self.short_norm = None, [], None
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -1060,6 +1125,7 @@ class Phase2Tuner:
         "failed_since_good",
         "dropped_since",
         "drop_losses",
+        "drop_norms",
         "short_since",
         "short_losses",
         "short_norm",
