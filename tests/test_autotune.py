@@ -457,11 +457,11 @@ def test_a_recovering_fall_at_a_steady_norm_is_held(norm_then):
     """A fall that lasts the window with its loss still coming down and its weight norm within
     NORM_FLAT of where it was a third of the window before (or above it): the decay no longer
     shrinks the weights and the fit is coming back at the lower norm, so nothing changes (event
-    decay_hold, weights, η and λ kept) and a new window starts; a stall there rolls back."""
+    decay_hold, weights, η and λ kept) and a new window starts; a stall there lowers λ in place
+    (weights kept: a fit rebuilt at a lower norm), where a fall never held rolls back."""
     model, opt = _guarded(collapse_window=30)
     assert observe(opt, 0, train_acc=1.0, train_loss=0.01, weight_norm=5.0)[0]["event"] == "switch"
     assert observe(opt, 5, train_acc=1.0, train_loss=0.02, weight_norm=4.9) == []  # good state
-    good = [p.detach().clone() for p in model.parameters()]
     g = opt.param_groups[0]
     lr, lam = g["lr"], g["weight_decay"]
     fallen = _scale(model, 0.5)
@@ -481,8 +481,19 @@ def test_a_recovering_fall_at_a_steady_norm_is_held(norm_then):
     for step, loss in [(50, 1.5), (60, 1.45)]:  # inside the new window
         assert observe(opt, step, train_acc=0.7, train_loss=loss, weight_norm=2.5) == [], step
     (ev,) = observe(opt, 70, train_acc=0.70, train_loss=1.44, weight_norm=2.5)  # stalled
-    assert ev["event"] == "decay_backoff" and ev["weights_changed"] is True
+    assert ev["event"] == "decay_backoff" and ev["weights_changed"] is False
+    assert ev["cause"] == "accuracy, stalled after a hold (weights kept)"
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(lam / 3)
+    for p, f in zip(model.parameters(), fallen, strict=True):
+        assert torch.equal(p, f)
+    # back at the fit, the hold is forgotten: the next fall that stalls rolls back
+    assert observe(opt, 80, train_acc=1.0, train_loss=0.05, weight_norm=2.5) == []  # good
+    good = [p.detach().clone() for p in model.parameters()]
+    _scale(model, 0.5)
+    for step in (90, 100, 110):
+        assert observe(opt, step, train_acc=0.6, train_loss=2.0, weight_norm=1.2) == [], step
+    (ev,) = observe(opt, 120, train_acc=0.6, train_loss=2.0, weight_norm=1.2)
+    assert ev["event"] == "decay_backoff" and ev["weights_changed"] is True
     for p, q in zip(model.parameters(), good, strict=True):
         assert torch.equal(p, q)
 

@@ -50,7 +50,8 @@ decay still wins, it is detected and undone:
     the same fall for ``collapse_window`` steps with the train loss still falling and the
     weight norm within ``NORM_FLAT`` of where it was a third of the window before
         -> "decay_hold": nothing changes (the fit coming back at the lower norm is what phase
-           2 is for), a new window starts
+           2 is for), a new window starts; if that fall then stalls, λ is lowered in place as
+           below (weights kept), not rolled back
     the same fall for ``collapse_window`` steps with the train loss still falling, or train
     accuracy short of acc_ref by more than ``fit_tolerance`` (within acc_drop) for
     ``collapse_window`` steps with the loss no longer falling (a fixed point short of the fit)
@@ -356,6 +357,7 @@ class Phase2Tuner:
         self.dropped_since: int | None = None
         self.drop_losses: list[tuple[int, float]] = []  # (step, train loss) during a fall
         self.drop_norms: list[tuple[int, float]] = []  # (step, weight norm) during a fall
+        self.held_fall = False  # this fall was held once (decay_hold): its weights are kept
         self.short_since: int | None = None  # first step of a stay short of the fit
         self.short_norm: float | None = None  # the weight norm there
         self.short_step_cut = False  # a stay's η cut came since the run was last at the fit
@@ -758,6 +760,7 @@ class Phase2Tuner:
         dropped = acc is not None and acc_ref is not None and acc < acc_ref - self.acc_drop
         if not dropped:
             self.dropped_since, self.drop_losses, self.drop_norms = None, [], []
+            self.held_fall = False
         elif self.dropped_since is None:
             self.dropped_since = int(step)
         recovering = dropped and self._recovering(int(step), loss, self.drop_losses)
@@ -785,6 +788,16 @@ class Phase2Tuner:
         window_over = since is not None and step - since >= self.collapse_window
         acc_lost = dropped and (fit_gone or (window_over and not recovering))
         soften = dropped and window_over and recovering and not fit_gone and bool(self.weight_decay)
+        # ... and a held fall (below) that then stalls short of the fit keeps its weights too,
+        # λ lowered in place: they are a fit rebuilt at a lower norm, which a rollback to the
+        # state before the fall throws away (minibatches of 32, seed 2: held twice, train
+        # accuracy 70% -> 88%, then stalled; rolled back, the norm rose to 128 and later cuts
+        # left a memorising fit, 0.82 validation at 16,000 steps; kept, 5,630 steps)
+        stalled_after_hold = (
+            self.held_fall and acc_lost and not fit_gone and bool(self.weight_decay)
+        )
+        if stalled_after_hold:
+            acc_lost, soften = False, True
         # ... and a run that settles short of the fit, within acc_drop of it but below it by
         # more than fit_tolerance with its loss no longer coming down, sits at a fixed point that
         # is no interpolant: λ is lowered in place (digits, 200 train, MSE: 97.5% train at
@@ -857,7 +870,7 @@ class Phase2Tuner:
             self.failed_since_good = True
             cause = "blow-up" if blown else ("accuracy" if acc_lost else "loss")
             events.append(self._event(name, step, rec, **seen, cause=cause))
-        elif soften and steady and not blown:
+        elif soften and recovering and steady and not blown:
             # The way grokking goes in small minibatches: a+b mod 97, MLP, minibatches of 32, η
             # 5e-5 and λ 0.5 from the switch (no tuner): train accuracy 99% -> 50% as the norm
             # fell 131 -> 62, then the fit came back at that norm and validation with it, 99%
@@ -866,13 +879,16 @@ class Phase2Tuner:
             # (seeds 0 / 1) against 7,220 / 7,820 (see ``NOISY_STEP_GROWTH``), minibatches of 64
             # 2,440 (3,310); without it 6,970 / 7,650 and 3,090
             self._new_window(int(step), True, wn)
+            self.held_fall = True
             rec = self._record(opt, "steady_fall")
             cause = "accuracy, recovering at a steady norm (weights, η and λ kept)"
             events.append(self._event("decay_hold", step, rec, **seen, cause=cause))
         elif (soften or settled) and not blown:
             self._lower_decay(opt)
             self._new_window(int(step), soften, wn)  # weights kept: a new window from here
-            if soften:
+            if stalled_after_hold:
+                cause = "accuracy, stalled after a hold (weights kept)"
+            elif soften:
                 cause = "accuracy, recovering (weights kept)"
             else:
                 self.short_step_cut = False
@@ -1101,6 +1117,7 @@ class Phase2Tuner:
             st.pop("momentum_buffer", None)  # restart the heavy ball from rest
         self.prev_loss = snap["loss"]
         self.dropped_since, self.drop_losses, self.drop_norms = None, [], []  # other weights
+        self.held_fall = False
         self.short_since, self.short_losses, self.short_norm = None, [], None
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -1126,6 +1143,7 @@ class Phase2Tuner:
         "dropped_since",
         "drop_losses",
         "drop_norms",
+        "held_fall",
         "short_since",
         "short_losses",
         "short_norm",
