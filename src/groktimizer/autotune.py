@@ -874,8 +874,9 @@ class Phase2Tuner:
             # The way grokking goes in small minibatches: a+b mod 97, MLP, minibatches of 32, η
             # 5e-5 and λ 0.5 from the switch (no tuner): train accuracy 99% -> 50% as the norm
             # fell 131 -> 62, then the fit came back at that norm and validation with it, 99%
-            # at 4,000 steps (Adam+EMA 4,080); λ cut there (with η) took 5,580, rolled back
-            # (stalled by the 10% rule) not by 8,000. The default with this: 4,570 / 4,880
+            # at 4,000 steps (Adam+EMA 4,080); set by the tuner, the same (η, λ) had that fall
+            # rolled back at its window's end and did not reach by 8,000 (0.98 / 0.57
+            # validation, seeds 0 / 1). The default with this: 4,570 / 4,880
             # (seeds 0 / 1) against 7,220 / 7,820 (see ``NOISY_STEP_GROWTH``), minibatches of 64
             # 2,440 (3,310); without it 6,970 / 7,650 and 3,090
             self._new_window(int(step), True, wn)
