@@ -134,7 +134,8 @@ NORM_FLAT = 0.01
 # this many times its value before (λ = κ/η). a+b mod 97, MLP, minibatches of 32 (cos² 0.019,
 # 1/|cos| 7.2), seeds 0 / 1: 4,570 / 4,880 steps at 3, 3,960 / 5,810 at 2, not reached by 8,000
 # at 1 (λ·|cos| there: its fixed point takes the fit); minibatches of 64 / 128, seed 0: 2,440 /
-# 1,700 at 3, 2,530 / 1,890 at 2, 6,170 / 3,470 at 1 (with the fall rule ``_steady_fall``).
+# 1,700 at 3, 2,530 / 1,890 at 2, 6,170 / 3,470 at 1 (all with the hold of a steady recovering
+# fall, event ``decay_hold``).
 NOISY_STEP_GROWTH = 3.0
 LossClosure = Callable[[], Tensor]
 
@@ -235,13 +236,16 @@ class Phase2Tuner:
             curvature and one re-measured then (see ``_loosen``).
         noise_decay: with ``weight_decay_auto`` in Adam's metric, measure cos² at phase 2's
             first step, cos between that step's gradient and the closure's at the same weights
-            (see ``first_step``); the first decay back-off then sets λ := cos²·λ, η kept,
-            where cos² is under ``decay_backoff`` (see ``_lower_decay``).
+            (see ``first_step``); the first decay back-off then sets κ := cos²·κ where cos² is
+            under ``decay_backoff``: λ := cos²·λ with η kept, or η lowered where the heavy
+            ball's step would grow more than ``NOISY_STEP_GROWTH`` times (see
+            ``_cut_to_signal_share``).
         noisy_step: with both automatic in Adam's metric, where the cos² measured at phase 2's
             first step (as for ``noise_decay``) is under ``NOISY_SHARE``, try η at
             ``RAW_FRACTION`` of the bound (the given ``lr_fraction`` if any) with no step cap
             and λ = κ/η, when that is above the capped η; the first back-off during the trial
-            returns to the capped η and the switch's λ (see ``_end_noisy_trial``); a trial at the
+            returns to the capped η and the switch's λ, with κ cut to the signal share at once
+            as ``noise_decay``'s first back-off would (see ``_end_noisy_trial``); a trial at the
             fit ``collapse_window`` steps after the switch stands.
         fit_tolerance: train accuracy more than this below the switch's (but within
             ``acc_drop``) for ``collapse_window`` steps with the loss no longer falling is a
@@ -597,11 +601,14 @@ class Phase2Tuner:
 
     def _end_noisy_trial(self, opt: Optimizer) -> None:
         """The trial failed: weights and optimizer state := the last good snapshot (momentum
-        := 0), η, λ, the fraction and the step cap := the capped run's. The signal share stays
-        for the first decay back-off: from here the run is the capped one. Measured (a+b mod 97,
-        MLP, minibatches of 128, seeds 0 / 1, cos² 0.066 / 0.048): the trial's η 2.6e-3 /
-        3.1e-3 lost the fit within 50 / 20 steps, and the run grokked at 1,720 / 1,740 steps
-        (the capped run alone: 1,650 for seed 0)."""
+        := 0), η, λ, the fraction and the step cap := the capped run's, then κ cut to the
+        signal share at once where it is under ``decay_backoff`` (``_cut_to_signal_share``, as
+        the capped run's first decay back-off would; otherwise the share stays for that
+        back-off). Why at once: at the switch's λ the capped run lost the fit within 40 steps
+        in minibatches of 32 (a+b mod 97, MLP; see ``NOISY_STEP_GROWTH``). Measured before that
+        (a+b mod 97, MLP, minibatches of 128, seeds 0 / 1, cos² 0.066 / 0.048): the trial's η
+        2.6e-3 / 3.1e-3 lost the fit within 50 / 20 steps, and the run grokked at 1,720 / 1,740
+        steps (the capped run alone: 1,650 for seed 0)."""
         kept, self.noisy_trial = self.noisy_trial, None
         assert kept is not None
         self._rollback(opt)
@@ -783,7 +790,7 @@ class Phase2Tuner:
         # recovered to a fixed point 3 points short of 99% validation (a-b mod 71, batch 128).
         # Where the norm has also stopped falling (``steady``), the decay no longer shrinks the
         # weights and the fit is coming back at the lower norm: nothing changes, a new window
-        # starts (see ``_steady_norm``'s caller below)
+        # starts (event decay_hold, below)
         since = self.dropped_since
         window_over = since is not None and step - since >= self.collapse_window
         acc_lost = dropped and (fit_gone or (window_over and not recovering))
@@ -1006,7 +1013,9 @@ class Phase2Tuner:
     def _lower_decay(self, opt: Optimizer) -> None:
         """λ := decay_backoff · λ, η lowered with it (``_backed_off``) and kept as the ceiling;
         the first time, where the gradient's signal share (``first_step``) is lower,
-        λ := cos²·λ with η kept (β follows ηλ): in minibatches decay won because λ' = λ·s was
+        λ := cos²·λ with η kept (β follows ηλ; η lowered where the heavy ball's step would grow
+        more than ``NOISY_STEP_GROWTH`` times, ``_cut_to_signal_share``): in minibatches decay
+        won because λ' = λ·s was
         set against a second moment that is mostly noise. Why cos² and not |cos|, and η kept:
         a+b mod 97 MLP in minibatches of 256, seeds 0/1, cos 0.37/0.39, λ scaled at the first
         step: λ·|cos| still lost the fit (a rollback; t_gen99 1,420/1,530), λ·cos² did not
