@@ -198,6 +198,11 @@ def _heavy_ball_form(opt: Optimizer) -> tuple[float, bool]:
     return float(g0.get("damping", 1.0)), bool(g0.get("nesterov", False))
 
 
+def _heavy_ball_step(lr: float, wd: float, damping: float, nesterov: bool) -> float:
+    """η/(1 − β) at critical momentum for (η, λ): how far the heavy ball moves a step."""
+    return lr / max(1 - critical_momentum(lr, wd, damping, nesterov), 1e-300)
+
+
 def _preconditioned(opt: Optimizer) -> bool:
     return callable(getattr(opt, "preconditioner", None))
 
@@ -616,8 +621,8 @@ class Phase2Tuner:
         self.weight_decay = kept["weight_decay"]
         self.lr_fraction, self.step_cap = kept["lr_fraction"], kept["step_cap"]
         self.counts["lr_backoffs"] += 1
-        share = self.signal_share
-        if self.noise_decay and share is not None and share < self.decay_backoff:
+        share = self.signal_share  # set only where noise_decay measured it
+        if share is not None and share < self.decay_backoff:
             self.signal_share = None
             self._cut_to_signal_share(opt, share)
         self._apply(opt)
@@ -1037,7 +1042,7 @@ class Phase2Tuner:
         zeta, nest = _heavy_ball_form(opt)
         lr, wd = float(self.lr), float(self.weight_decay)  # type: ignore[arg-type]
         kappa = lr * wd * max(share, 1e-12)
-        step = lr / (1 - critical_momentum(lr, wd, zeta, nest))
+        step = _heavy_ball_step(lr, wd, zeta, nest)
         one_minus_beta = 1 - critical_momentum(1.0, kappa, zeta, nest)
         new_lr = min(lr, NOISY_STEP_GROWTH * step * one_minus_beta)
         self.lr = new_lr
@@ -1081,20 +1086,17 @@ class Phase2Tuner:
         about √decay_backoff; on digits two such back-offs left the ℓ2 phase 2 at 97% train).
         """
         zeta, nest = _heavy_ball_form(opt)
-
-        def step_of(eta: float, lam: float) -> float:
-            return eta / max(1 - critical_momentum(eta, lam, zeta, nest), 1e-300)
-
         if self.backoff_target == "rate":
             kappa = lr * wd * self.decay_backoff
             new_lr = lr * (1 - critical_momentum(1.0, kappa, zeta, nest))
             new_lr /= 1 - critical_momentum(1.0, lr * wd, zeta, nest)
             return new_lr, kappa / new_lr
         new_wd = wd * self.decay_backoff
-        target, lo, hi = step_of(lr, wd), 0.0, lr  # step_of(·, new_wd) rises with η
+        target, lo, hi = _heavy_ball_step(lr, wd, zeta, nest), 0.0, lr  # rises with η at new_wd
         for _ in range(100):
             mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if step_of(mid, new_wd) < target else (lo, mid)
+            below = _heavy_ball_step(mid, new_wd, zeta, nest) < target
+            lo, hi = (mid, hi) if below else (lo, mid)
         return hi, new_wd
 
     def _event(self, name: str, step: int, rec: dict[str, Any], **info: Any) -> dict[str, Any]:
