@@ -498,6 +498,23 @@ def test_a_recovering_fall_at_a_steady_norm_is_held(norm_then):
         assert torch.equal(p, q)
 
 
+def test_a_loop_that_passes_no_weight_norm_gets_the_parameters_own():
+    """The README's loop passes no weight_norm: GROKtimizer hands the tuner the 2-norm of its
+    parameters (the pipeline's weight_norm), so the rules that read the norm act there too: the
+    recovering fall at a steady norm above is held, not cut (before, a user's loop never held
+    one: the norm was unknown, so never steady)."""
+    model, opt = _guarded(collapse_window=30)
+    assert observe(opt, 0, train_acc=1.0, train_loss=0.01)[0]["event"] == "switch"
+    assert observe(opt, 5, train_acc=1.0, train_loss=0.02) == []
+    _scale(model, 0.5)
+    for step, acc, loss in [(10, 0.60, 2.0), (20, 0.58, 2.5), (30, 0.62, 2.2)]:
+        assert observe(opt, step, train_acc=acc, train_loss=loss) == [], step
+    (ev,) = observe(opt, 40, train_acc=0.66, train_loss=1.8)
+    assert ev["event"] == "decay_hold"
+    norm = torch.sqrt(sum((p.detach() ** 2).sum() for p in model.parameters()))
+    assert ev["weight_norm"] == pytest.approx(float(norm), rel=1e-6)
+
+
 def test_a_recovering_fall_with_the_norm_still_falling_is_not_held():
     """The same fall with the norm down by more than NORM_FLAT over the last third of the
     window: the decay still wins, λ is lowered in place (decay_backoff, weights kept)."""

@@ -345,7 +345,7 @@ class GROKtimizer(OptimizerWrapper):
             metrics = mean.metrics(metrics)
         if self._phase == 2:
             if self.tuner is not None:
-                for ev in self.tuner.observe(self.phase2, step, metrics, closure):
+                for ev in self.tuner.observe(self.phase2, step, self._normed(metrics), closure):
                     self._pending_events.append(ev)
             return self._drain() + observe(self.phase2, step, closure=closure, **metrics)
         if self.tuner is not None:
@@ -357,7 +357,7 @@ class GROKtimizer(OptimizerWrapper):
         if wd and not self.weight_decay_auto:
             metrics.setdefault("weight_decay", wd)
         if self.criterion.observe(step, **metrics):
-            self.switch(closure=closure, step=step, metrics=metrics)
+            self.switch(closure=closure, step=step, metrics=self._normed(metrics))
         return events + self._drain()
 
     def switch(
@@ -448,6 +448,18 @@ class GROKtimizer(OptimizerWrapper):
                 "loss, and observe() got none: pass closure=<fn returning the training loss> "
                 "to observe(), call set_curvature_closure(fn) once, or give lr=<float>"
             )
+
+    @torch.no_grad()
+    def _normed(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """``metrics`` for the tuner, with ``weight_norm`` the 2-norm of every parameter held (as
+        the pipeline's) where the loop gave none: its rules read the norm (decay winning shrinks
+        it; a recovering fall at a steady norm is held), and without one they were off."""
+        if self.tuner is None or metrics.get("weight_norm") is not None:
+            return metrics
+        params = [p.detach().float() for g in self.param_groups for p in g["params"]]
+        norms = [n.to(params[0].device) for n in torch._foreach_norm(params)] if params else []
+        wn = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+        return {**metrics, "weight_norm": wn}
 
     def _mean_over_ranks(self) -> MeanOverRanks | None:
         """The averaging over ranks when ``distributed`` is on (see ``__init__``), also handed
