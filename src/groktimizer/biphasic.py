@@ -42,6 +42,7 @@ from .adam_cdm_l2 import AdamCDML2
 from .autotune import Phase2Tuner
 from .cdm import CDM, check_lr, check_weight_decay
 from .distributed import MeanOverRanks, check_setting, mean_over_ranks
+from .param_groups import parameter_norm
 from .switch import AccuracySwitch, RhoSwitch, SwitchCriterion, check_fraction
 from .wrapper import Event, OptimizerWrapper, observe
 
@@ -449,17 +450,14 @@ class GROKtimizer(OptimizerWrapper):
                 "to observe(), call set_curvature_closure(fn) once, or give lr=<float>"
             )
 
-    @torch.no_grad()
     def _normed(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """``metrics`` for the tuner, with ``weight_norm`` the 2-norm of every parameter held (as
         the pipeline's) where the loop gave none: its rules read the norm (decay winning shrinks
         it; a recovering fall at a steady norm is held), and without one they were off."""
         if self.tuner is None or metrics.get("weight_norm") is not None:
             return metrics
-        params = [p.detach().float() for g in self.param_groups for p in g["params"]]
-        norms = [n.to(params[0].device) for n in torch._foreach_norm(params)] if params else []
-        wn = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
-        return {**metrics, "weight_norm": wn}
+        held = (p for g in self.param_groups for p in g["params"])
+        return {**metrics, "weight_norm": float(parameter_norm(held))}
 
     def _mean_over_ranks(self) -> MeanOverRanks | None:
         """The averaging over ranks when ``distributed`` is on (see ``__init__``), also handed

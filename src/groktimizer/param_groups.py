@@ -7,12 +7,13 @@ usually go in a group with ``weight_decay = 0``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-__all__ = ["split_decay_groups"]
+__all__ = ["parameter_norm", "split_decay_groups"]
 
 _NORM_TYPES = (
     nn.LayerNorm,
@@ -21,6 +22,12 @@ _NORM_TYPES = (
     nn.modules.batchnorm._BatchNorm,
     nn.modules.instancenorm._InstanceNorm,
 )
+
+
+def parameter_norm(params: Iterable[Tensor]) -> Tensor:
+    """The 2-norm of all ``params`` taken together, in float32 or wider (the pipeline's
+    ``weight_norm`` and the one GROKtimizer hands its tuner where a loop gives none)."""
+    return torch.sqrt(sum((p.detach().float() ** 2).sum() for p in params))
 
 
 def split_decay_groups(

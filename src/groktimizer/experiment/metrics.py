@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from groktimizer.param_groups import parameter_norm
+
 
 def loss_kind(task: str, cfg_loss: str) -> str:
     if cfg_loss == "auto":
@@ -32,4 +34,4 @@ def correct(out: torch.Tensor, y: torch.Tensor, task: str, tol: float) -> torch.
 
 
 def weight_norm(model: nn.Module) -> torch.Tensor:
-    return torch.sqrt(sum((p.detach().float() ** 2).sum() for p in model.parameters()))
+    return parameter_norm(model.parameters())
