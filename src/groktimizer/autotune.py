@@ -771,8 +771,7 @@ class Phase2Tuner:
         # collapse_window steps.
         dropped = acc is not None and acc_ref is not None and acc < acc_ref - self.acc_drop
         if not dropped:
-            self.dropped_since, self.drop_losses, self.drop_norms = None, [], []
-            self.held_fall = False
+            self._clear_fall()
         elif self.dropped_since is None:
             self.dropped_since = int(step)
         recovering = dropped and self._recovering(int(step), loss, self.drop_losses)
@@ -959,6 +958,11 @@ class Phase2Tuner:
             self.prev_loss = loss
         return events
 
+    def _clear_fall(self) -> None:
+        """No fall of train accuracy under way (back at the fit, or other weights)."""
+        self.dropped_since, self.drop_losses, self.drop_norms = None, [], []
+        self.held_fall = False
+
     def _new_window(self, step: int, fall: bool, wn: float | None) -> None:
         """Weights kept after a back-off: the fall's (``fall``) or the stay's window restarts."""
         if fall:
@@ -1128,8 +1132,7 @@ class Phase2Tuner:
         for st in opt.state.values():
             st.pop("momentum_buffer", None)  # restart the heavy ball from rest
         self.prev_loss = snap["loss"]
-        self.dropped_since, self.drop_losses, self.drop_norms = None, [], []  # other weights
-        self.held_fall = False
+        self._clear_fall()  # other weights
         self.short_since, self.short_losses, self.short_norm = None, [], None
 
     # -- checkpoints --------------------------------------------------------------------------
