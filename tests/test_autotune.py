@@ -397,6 +397,71 @@ def test_decay_wins_is_rolled_back_and_lambda_lowered(target):
     assert all("momentum_buffer" not in s for s in opt.state.values())
 
 
+def _decay_wins_after_shrinking(switch_norm, snapshot_norm, **tuner_kw):
+    """Phase 1 (AdamW) for 50 steps, the switch at ``switch_norm``, one phase-2 step, a good
+    observation at ``snapshot_norm``, then the weights shrink 10x and the fit goes for a window.
+    Return (model, opt, closure, the good weights, the decay back-off event)."""
+    model, x, y = _fit()
+
+    def closure():
+        return F.cross_entropy(model(x), y)
+
+    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=30.0, switch=StepSwitch(50))
+    kw = dict(lr_auto=False, weight_decay_auto=False, collapse_window=10, **tuner_kw)
+    opt.tuner = Phase2Tuner(**kw)
+    for step in range(1, 52):  # the switch at 50, then phase 2's first step measures s
+        opt.zero_grad()
+        closure().backward()
+        opt.step()
+        if step == 50:
+            assert observe(opt, step, train_acc=1.0, train_loss=0.5, weight_norm=switch_norm)
+    loss = closure().item()
+    assert observe(opt, 60, train_acc=1.0, train_loss=loss, weight_norm=snapshot_norm) == []
+    good = [p.detach().clone() for p in model.parameters()]
+    _scale(model, 0.1)
+    assert observe(opt, 70, train_acc=0.85, train_loss=0.5, weight_norm=0.9, closure=closure) == []
+    (ev,) = observe(opt, 80, train_acc=0.8, train_loss=0.7, weight_norm=0.8, closure=closure)
+    assert ev["event"] == "decay_backoff" and ev["cause"] == "accuracy"
+    for p, g in zip(model.parameters(), good, strict=True):
+        assert torch.equal(p, g)  # rolled back
+    return model, opt, closure, ev
+
+
+def test_decay_winning_after_the_norm_shrank_3x_holds_the_rolled_back_norm():
+    model, opt, closure, ev = _decay_wins_after_shrinking(switch_norm=30.0, snapshot_norm=9.0)
+    # λ: the ℓ2 strength at which the rolled-back weights are radially stationary,
+    # g + λ·s·w = 0 along w (s: AdamCDML2's metric scale, λ in its units), computed here
+    params = list(model.parameters())
+    grads = torch.autograd.grad(closure(), params)
+    s = opt.phase2.param_groups[0]["metric_scale"]
+    pull = -sum(float((g * p.detach()).sum()) for g, p in zip(grads, params, strict=True))
+    spread = s * sum(float(p.detach().pow(2).sum()) for p in params)
+    hold = pull / spread
+    assert 30.0 / 81 < hold < 30.0 / 3  # between the floor and the usual cut: the rule binds
+    group = opt.param_groups[0]
+    assert group["weight_decay"] == pytest.approx(hold, rel=1e-5)  # float32 sums in the rule
+    assert ev["weight_decay"] == pytest.approx(hold, rel=1e-5) and ev["held_norm"] == 9.0
+    # the heavy ball's step η/(1 − β) is kept, as at any decay back-off
+    assert group["lr"] / (1 - group["momentum_used"]) == pytest.approx(
+        1e-3 / (1 - critical_momentum(1e-3, 30.0))
+    )
+
+
+@pytest.mark.parametrize(
+    "snapshot_norm, tuner_kw",
+    [(11.0, {}), (25.0, {}), (9.0, {"hold_shrink": None}), (9.0, {"hold_shrink": 4.0})],
+)
+def test_decay_winning_before_the_norm_shrank_enough_cuts_lambda_3x(snapshot_norm, tuner_kw):
+    _, opt, _, ev = _decay_wins_after_shrinking(30.0, snapshot_norm, **tuner_kw)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(10.0)
+    assert "held_norm" not in ev
+
+
+def test_hold_shrink_is_checked():
+    with pytest.raises(ValueError, match=r"hold_shrink must be None or a float > 1, got 0.5"):
+        Phase2Tuner(hold_shrink=0.5)
+
+
 def test_a_fall_to_chance_rolls_back_at_once_a_dip_waits_the_window():
     """The window lets a dip recover; a fall to within 10% of the first evaluation's accuracy
     (the fit gone, as decay winning in minibatches looks) is rolled back at the next look."""
