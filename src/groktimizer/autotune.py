@@ -662,12 +662,7 @@ class Phase2Tuner:
         params = [p for p in params if p.grad is not None]
         if closure is None or not params:
             return None
-        with torch.enable_grad():
-            full = torch.autograd.grad(closure(), params, allow_unused=True)
-        if self.reduce is not None:  # the mean over ranks' shards; p.grad is DDP's mean already
-            kept = [i for i, f in enumerate(full) if f is not None]
-            means = iter(self.reduce([full[i] for i in kept]))
-            full = tuple(next(means) if f is not None else None for f in full)
+        full = self._closure_grads(closure, params)  # p.grad is DDP's mean already
         dot = nn = ff = 0.0
         for p, f in zip(params, full, strict=True):
             if f is None:
@@ -684,6 +679,19 @@ class Phase2Tuner:
         cos2 = min(dot * dot / (nn * ff), 1.0)
         self.grad_agreement = math.sqrt(cos2)
         return cos2
+
+    def _closure_grads(
+        self, closure: LossClosure, params: list[Tensor]
+    ) -> tuple[Tensor | None, ...]:
+        """The closure's (full-batch) gradient for ``params`` (None where unused), averaged
+        over ranks where ``reduce`` is set (each rank's closure sees its shard)."""
+        with torch.enable_grad():
+            grads = torch.autograd.grad(closure(), params, allow_unused=True)
+        if self.reduce is not None:
+            kept = [i for i, f in enumerate(grads) if f is not None]
+            means = iter(self.reduce([grads[i] for i in kept]))
+            grads = tuple(next(means) if f is not None else None for f in grads)
+        return grads
 
     def _measure_noise(self, opt: Optimizer, closure: LossClosure | None) -> None:
         """``noise_factor`` = 1/(1 − cos²) = 1 + SNR, cos between the gradient of the last step
@@ -1106,12 +1114,7 @@ class Phase2Tuner:
         params = [p for g in groups for p in g["params"] if p.requires_grad]
         if not params:
             return None
-        with torch.enable_grad():
-            grads = torch.autograd.grad(closure(), params, allow_unused=True)
-        if self.reduce is not None:  # the mean over ranks' shards
-            kept = [i for i, f in enumerate(grads) if f is not None]
-            means = iter(self.reduce([grads[i] for i in kept]))
-            grads = tuple(next(means) if f is not None else None for f in grads)
+        grads = self._closure_grads(closure, params)
         grad_of = dict(zip(map(id, params), grads, strict=True))
         pull = spread = 0.0
         for g in groups:
