@@ -92,7 +92,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .cdm import critical_momentum
+from .adam_cdm_l2 import AdamCDML2
+from .cdm import CDM, critical_momentum
 from .curvature import HVP_METHODS, DoubleBackwardError, top_eigenpair
 
 __all__ = ["Phase2Tuner", "stability_bound", "stable_lr", "LR_AUTO_SAFETY_RANGE"]
@@ -388,7 +389,7 @@ class Phase2Tuner:
         self.drop_losses: list[tuple[int, float]] = []  # (step, train loss) during a fall
         self.drop_norms: list[tuple[int, float]] = []  # (step, weight norm) during a fall
         self.held_fall = False  # this fall was held once (decay_hold): its weights are kept
-        self.switch_norm: float | None = None  # the weight norm at phase 1's last observation
+        self.switch_norm: float | None = None  # the weight norm in the switch's metrics
         self.short_since: int | None = None  # first step of a stay short of the fit
         self.short_norm: float | None = None  # the weight norm there
         self.short_step_cut = False  # a stay's η cut came since the run was last at the fit
@@ -411,9 +412,6 @@ class Phase2Tuner:
 
     # -- phase 1: only remember the scale of the loss ------------------------------------------
     def observe_phase1(self, metrics: dict[str, Any]) -> None:
-        wn = metrics.get("weight_norm")
-        if wn is not None and math.isfinite(float(wn)):
-            self.switch_norm = float(wn)  # the last one before the switch is the switch's
         loss = metrics.get("train_loss")
         if self.first_loss is None and loss is not None and math.isfinite(float(loss)):
             self.first_loss = float(loss)
@@ -461,7 +459,8 @@ class Phase2Tuner:
         loss = metrics.get("train_loss")
         self.last_probe_loss = self.prev_loss = None if loss is None else float(loss)
         wn = metrics.get("weight_norm")
-        self._take_snapshot(opt, step, loss, None if wn is None else float(wn))
+        self.switch_norm = None if wn is None else float(wn)
+        self._take_snapshot(opt, step, loss, self.switch_norm)
         return record
 
     def _probe(self, opt: Optimizer, closure: LossClosure | None, iters: int, warm: bool) -> None:
@@ -1105,9 +1104,6 @@ class Phase2Tuner:
             return None
         if not snap_norm * self.hold_shrink <= sw:
             return None
-        from .adam_cdm_l2 import AdamCDML2
-        from .cdm import CDM
-
         if not isinstance(opt, (AdamCDML2, CDM)):
             return None
         groups = [g for g in opt.param_groups if g["weight_decay"] > 0]

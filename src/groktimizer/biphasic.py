@@ -351,7 +351,7 @@ class GROKtimizer(OptimizerWrapper):
             return self._drain() + observe(self.phase2, step, closure=closure, **metrics)
         if self.tuner is not None:
             self._check_closure(closure)
-            self.tuner.observe_phase1(self._normed(metrics))
+            self.tuner.observe_phase1(metrics)
         self._check_switch_metrics(metrics)
         events = observe(self.phase1, step, closure=closure, **metrics)
         wd = self.phase2.defaults.get("weight_decay")
