@@ -457,6 +457,46 @@ def test_decay_winning_before_the_norm_shrank_enough_cuts_lambda_3x(snapshot_nor
     assert "held_norm" not in ev
 
 
+def test_a_later_decay_rollback_does_not_hold_even_after_the_norm_shrank_3x():
+    """The hold is for the first time the decay takes the fit: where it took it before, from a
+    state at the switch's norm (a memorising fit), a later state 3x down is cut by λ/3."""
+    model, x, y = _fit()
+
+    def closure():
+        return F.cross_entropy(model(x), y)
+
+    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=30.0, switch=StepSwitch(50))
+    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False, collapse_window=10)
+    for step in range(1, 52):
+        opt.zero_grad()
+        closure().backward()
+        opt.step()
+        if step == 50:
+            assert observe(opt, step, train_acc=1.0, train_loss=0.5, weight_norm=30.0)
+    for start, norm, wd in [(60, 30.0, 10.0), (90, 9.0, 10.0 / 3)]:
+        assert (
+            observe(opt, start, train_acc=1.0, train_loss=closure().item(), weight_norm=norm) == []
+        )
+        _scale(model, 0.1)
+        assert (
+            observe(
+                opt,
+                start + 10,
+                train_acc=0.85,
+                train_loss=0.5,
+                weight_norm=norm / 10,
+                closure=closure,
+            )
+            == []
+        )
+        (ev,) = observe(
+            opt, start + 20, train_acc=0.8, train_loss=0.7, weight_norm=norm / 20, closure=closure
+        )
+        assert ev["event"] == "decay_backoff" and ev["weights_changed"] is True
+        assert "held_norm" not in ev
+        assert opt.param_groups[0]["weight_decay"] == pytest.approx(wd)
+
+
 def test_hold_shrink_is_checked():
     with pytest.raises(ValueError, match=r"hold_shrink must be None or a float > 1, got 0.5"):
         Phase2Tuner(hold_shrink=0.5)

@@ -47,9 +47,10 @@ decay still wins, it is detected and undone:
         -> "decay_backoff": weights and optimizer state := last good snapshot, momentum := 0,
            λ := decay_backoff · λ with η lowered so that the step η/(1 − β) stays (and
            η := lr_backoff · η when it failed again before any good state, or when λ is 0);
-           where that snapshot's norm is ``hold_shrink`` times or more under the switch's (the
-           decay had done its travel before it took the fit), λ := the ℓ2 strength at which
-           the snapshot is radially stationary, if lower (``_hold_decay``, field ``held_norm``)
+           at the first decay back-off of the run, where that snapshot's norm is
+           ``hold_shrink`` times or more under the switch's (the decay had done its travel
+           before it took the fit), λ := the ℓ2 strength at which the snapshot is radially
+           stationary, if lower (``_hold_decay``, field ``held_norm``)
     the same fall for ``collapse_window`` steps with the train loss still falling and the
     weight norm within ``NORM_FLAT`` of where it was a third of the window before
         -> "decay_hold": nothing changes (the fit coming back at the lower norm is what phase
@@ -270,9 +271,9 @@ class Phase2Tuner:
         fit_tolerance: train accuracy more than this below the switch's (but within
             ``acc_drop``) for ``collapse_window`` steps with the loss no longer falling is a
             fixed point short of the fit: λ is lowered in place (None: never).
-        hold_shrink: a decay back-off that rolls back to a state whose weight norm is this many
-            times or more under the switch's sets λ to hold that norm (``_hold_decay``), where
-            that is under the usual cut (None: never).
+        hold_shrink: the first decay back-off of the run, where it rolls back to a state whose
+            weight norm is this many times or more under the switch's, sets λ to hold that norm
+            (``_hold_decay``), where that is under the usual cut (None: never).
         hvp: how the curvature probe takes Hessian-vector products (``HVP_METHODS``): "auto"
             by double backward, by central differences of gradients from the first probe where
             the closure has no double backward (a ``torch.compile``-d model, a
@@ -1082,13 +1083,14 @@ class Phase2Tuner:
         old_lr: float,
         old_wd: float,
     ) -> float | None:
-        """After a decay rollback to a state whose weight norm is ``hold_shrink`` times or more
-        under the switch's: λ := the ℓ2 strength at which that state is radially stationary,
-        ``−Σ⟨∇L, w⟩ / Σ u·‖w‖²`` over the decayed tensors (u: the ℓ2 strength per unit of λ, s for
-        ``AdamCDML2(metric_decay=True)``, 1 for CDM and an ℓ2 AdamCDML2), where that is under
-        the usual cut, and not under ``decay_backoff⁴`` · λ; η so that the heavy ball's step
-        η/(1 − β) stays. Return the held norm, or None where nothing changed (no closure, no
-        norms, a D-weighted decay (AdamCDM), a gradient that does not pull the norm outwards).
+        """After the run's first decay back-off, a rollback to a state whose weight norm is
+        ``hold_shrink`` times or more under the switch's: λ := the ℓ2 strength at which that
+        state is radially stationary, ``−Σ⟨∇L, w⟩ / Σ u·‖w‖²`` over the decayed tensors (u: the
+        ℓ2 strength per unit of λ, s for ``AdamCDML2(metric_decay=True)``, 1 for CDM and an ℓ2
+        AdamCDML2), where that is under the usual cut, and not under ``decay_backoff⁴`` · λ; η
+        so that the heavy ball's step η/(1 − β) stays. Return the held norm, or None where
+        nothing changed (no closure, no norms, a D-weighted decay (AdamCDM), a gradient that
+        does not pull the norm outwards, a back-off that is not the run's first).
 
         Why: the decay had done its travel down the valley before it took the fit, so the last
         state that held the fit is near the lowest norm that holds it, and λ/3 only sets a fixed
@@ -1098,9 +1100,17 @@ class Phase2Tuner:
         against Adam+EMA's 0.942; holding, λ 0.06-0.9, norm 4.8-10. Why the gate: weights ×3
         on a+b mod 97 lose the fit 20 steps after the switch at the switch's own norm (a
         memorising one): holding it there (λ 0.106) left 0.90 validation at 3,400 steps
-        against 990."""
+        against 990. Why the first back-off only: where the decay took the fit before, from a
+        state at a higher norm, the fit it broke was a memorising one, and a later state 3×
+        down is a fit being rebuilt, not the valley's end: weights ×8 on a+b mod 97 lose the
+        fit 20 steps after the switch (norm 907 -> 205), then twice more, the third rollback to
+        norm 259 (balance λ 0.006, under the floor 0.0074): held there, 100% train and 0.05%
+        validation to 5,000 steps; cut, 0.56. Every digits hold (10 seeds) is at a first
+        back-off."""
         sw = self.switch_norm
         if self.hold_shrink is None or closure is None or snap_norm is None or sw is None:
+            return None
+        if self.counts["decay_backoffs"] != 1:  # counted by _lower_decay, called just before
             return None
         if not snap_norm * self.hold_shrink <= sw:
             return None
