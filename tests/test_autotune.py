@@ -397,10 +397,9 @@ def test_decay_wins_is_rolled_back_and_lambda_lowered(target):
     assert all("momentum_buffer" not in s for s in opt.state.values())
 
 
-def _decay_wins_after_shrinking(switch_norm, snapshot_norm, **tuner_kw):
-    """Phase 1 (AdamW) for 50 steps, the switch at ``switch_norm``, one phase-2 step, a good
-    observation at ``snapshot_norm``, then the weights shrink 10x and the fit goes for a window.
-    Return (model, opt, closure, the good weights, the decay back-off event)."""
+def _switched(switch_norm, **tuner_kw):
+    """Phase 1 (AdamW) for 50 steps, the switch at ``switch_norm``, one phase-2 step. Return
+    (model, opt, closure)."""
     model, x, y = _fit()
 
     def closure():
@@ -415,15 +414,31 @@ def _decay_wins_after_shrinking(switch_norm, snapshot_norm, **tuner_kw):
         opt.step()
         if step == 50:
             assert observe(opt, step, train_acc=1.0, train_loss=0.5, weight_norm=switch_norm)
+    return model, opt, closure
+
+
+def _good_then_fall(model, opt, closure, start, good_norm, fallen_norms):
+    """A good observation at ``good_norm`` (step ``start``), then the weights shrink 10x and the
+    fit goes for a window (observed at ``fallen_norms``). Return the decay back-off event."""
     loss = closure().item()
-    assert observe(opt, 60, train_acc=1.0, train_loss=loss, weight_norm=snapshot_norm) == []
+    assert observe(opt, start, train_acc=1.0, train_loss=loss, weight_norm=good_norm) == []
     good = [p.detach().clone() for p in model.parameters()]
     _scale(model, 0.1)
-    assert observe(opt, 70, train_acc=0.85, train_loss=0.5, weight_norm=0.9, closure=closure) == []
-    (ev,) = observe(opt, 80, train_acc=0.8, train_loss=0.7, weight_norm=0.8, closure=closure)
+    wn1, wn2 = fallen_norms
+    kw = dict(closure=closure)
+    assert observe(opt, start + 10, train_acc=0.85, train_loss=0.5, weight_norm=wn1, **kw) == []
+    (ev,) = observe(opt, start + 20, train_acc=0.8, train_loss=0.7, weight_norm=wn2, **kw)
     assert ev["event"] == "decay_backoff" and ev["cause"] == "accuracy"
     for p, g in zip(model.parameters(), good, strict=True):
         assert torch.equal(p, g)  # rolled back
+    return ev
+
+
+def _decay_wins_after_shrinking(switch_norm, snapshot_norm, **tuner_kw):
+    """The switch at ``switch_norm``, a good observation at ``snapshot_norm``, then the fit goes
+    for a window. Return (model, opt, closure, the decay back-off event)."""
+    model, opt, closure = _switched(switch_norm, **tuner_kw)
+    ev = _good_then_fall(model, opt, closure, 60, snapshot_norm, (0.9, 0.8))
     return model, opt, closure, ev
 
 
@@ -460,39 +475,9 @@ def test_decay_winning_before_the_norm_shrank_enough_cuts_lambda_3x(snapshot_nor
 def test_a_later_decay_rollback_does_not_hold_even_after_the_norm_shrank_3x():
     """The hold is for the first time the decay takes the fit: where it took it before, from a
     state at the switch's norm (a memorising fit), a later state 3x down is cut by λ/3."""
-    model, x, y = _fit()
-
-    def closure():
-        return F.cross_entropy(model(x), y)
-
-    opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=30.0, switch=StepSwitch(50))
-    opt.tuner = Phase2Tuner(lr_auto=False, weight_decay_auto=False, collapse_window=10)
-    for step in range(1, 52):
-        opt.zero_grad()
-        closure().backward()
-        opt.step()
-        if step == 50:
-            assert observe(opt, step, train_acc=1.0, train_loss=0.5, weight_norm=30.0)
+    model, opt, closure = _switched(30.0)
     for start, norm, wd in [(60, 30.0, 10.0), (90, 9.0, 10.0 / 3)]:
-        assert (
-            observe(opt, start, train_acc=1.0, train_loss=closure().item(), weight_norm=norm) == []
-        )
-        _scale(model, 0.1)
-        assert (
-            observe(
-                opt,
-                start + 10,
-                train_acc=0.85,
-                train_loss=0.5,
-                weight_norm=norm / 10,
-                closure=closure,
-            )
-            == []
-        )
-        (ev,) = observe(
-            opt, start + 20, train_acc=0.8, train_loss=0.7, weight_norm=norm / 20, closure=closure
-        )
-        assert ev["event"] == "decay_backoff" and ev["weights_changed"] is True
+        ev = _good_then_fall(model, opt, closure, start, norm, (norm / 10, norm / 20))
         assert "held_norm" not in ev
         assert opt.param_groups[0]["weight_decay"] == pytest.approx(wd)
 
