@@ -406,8 +406,8 @@ def _switched(switch_norm, **tuner_kw):
         return F.cross_entropy(model(x), y)
 
     opt = GROKtimizer(model.parameters(), lr=1e-3, weight_decay=30.0, switch=StepSwitch(50))
-    kw = dict(lr_auto=False, weight_decay_auto=False, collapse_window=10, **tuner_kw)
-    opt.tuner = Phase2Tuner(**kw)
+    kw = dict(lr_auto=False, weight_decay_auto=False, collapse_window=10, stay_cuts=0)
+    opt.tuner = Phase2Tuner(**{**kw, **tuner_kw})
     for step in range(1, 52):  # the switch at 50, then phase 2's first step measures s
         opt.zero_grad()
         closure().backward()
@@ -480,6 +480,64 @@ def test_a_later_decay_rollback_does_not_hold_even_after_the_norm_shrank_3x():
         ev = _good_then_fall(model, opt, closure, start, norm, (norm / 10, norm / 20))
         assert "held_norm" not in ev
         assert opt.param_groups[0]["weight_decay"] == pytest.approx(wd)
+
+
+def _at_fit(opt, closure, steps, norms):
+    """Observations at the fit (train accuracy 1) at ``steps`` with weight norms ``norms``;
+    return every event."""
+    loss = closure().item()
+    events = []
+    for step, wn in zip(steps, norms, strict=True):
+        events += observe(opt, step, train_acc=1.0, train_loss=loss, weight_norm=wn)
+    return events
+
+
+def test_a_stay_at_the_fit_at_a_flat_norm_cuts_an_automatic_lambda_in_place_stay_cuts_times():
+    model, opt, closure = _switched(30.0, weight_decay_auto=True, stay_cuts=2, collapse_window=20)
+    group = opt.param_groups[0]
+    wd0, lr0 = group["weight_decay"], group["lr"]
+    kept = [p.detach().clone() for p in model.parameters()]
+    # a norm still falling by more than NORM_FLAT per evaluation: the decay is travelling
+    norms = [9.0 * (1 - 1.5 * NORM_FLAT) ** k for k in range(5)]
+    assert _at_fit(opt, closure, range(60, 110, 10), norms) == []
+    # flat (within NORM_FLAT of where the stay began at 100) for a window: λ/3, η and weights kept
+    flat = norms[-1] * (1 - NORM_FLAT / 2)
+    (ev,) = _at_fit(opt, closure, (110, 120), (flat, flat))
+    assert ev["step"] == 120 and ev["event"] == "decay_backoff" and ev["reason"] == "fit_stay"
+    assert ev["weights_changed"] is False and ev["weight_decay_before"] == wd0
+    assert group["weight_decay"] == pytest.approx(wd0 / 3) and group["lr"] == lr0
+    assert group["momentum_used"] == pytest.approx(critical_momentum(lr0, wd0 / 3))
+    for p, k in zip(model.parameters(), kept, strict=True):
+        assert torch.equal(p, k)
+    # a new stay: one more cut after another window, then no more (stay_cuts=2)
+    (ev,) = _at_fit(opt, closure, (130, 140), (flat, flat))
+    assert ev["step"] == 140 and group["weight_decay"] == pytest.approx(wd0 / 9)
+    assert _at_fit(opt, closure, range(150, 300, 10), [flat] * 15) == []
+    assert group["weight_decay"] == pytest.approx(wd0 / 9)
+
+
+@pytest.mark.parametrize(
+    "tuner_kw", [{"weight_decay_auto": False}, {"weight_decay_auto": True, "stay_cuts": 0}]
+)
+def test_an_explicit_lambda_or_stay_cuts_0_is_not_cut_at_a_stay_at_the_fit(tuner_kw):
+    _, opt, closure = _switched(30.0, **{"stay_cuts": 3, **tuner_kw})
+    wd0 = opt.param_groups[0]["weight_decay"]
+    assert _at_fit(opt, closure, range(60, 200, 10), [9.0] * 14) == []
+    assert opt.param_groups[0]["weight_decay"] == wd0
+
+
+def test_no_stay_cut_after_a_hold():
+    """The hold set λ at the measured balance of the lowest-norm state that kept the fit."""
+    _, opt, closure, ev = _decay_wins_after_shrinking(30.0, 9.0, stay_cuts=3)
+    assert "held_norm" in ev
+    held = opt.param_groups[0]["weight_decay"]
+    assert _at_fit(opt, closure, range(90, 300, 10), [9.0] * 21) == []
+    assert opt.param_groups[0]["weight_decay"] == held
+
+
+def test_stay_cuts_is_checked():
+    with pytest.raises(ValueError, match=r"stay_cuts must be an int >= 0, got -1"):
+        Phase2Tuner(stay_cuts=-1)
 
 
 def test_hold_shrink_is_checked():
