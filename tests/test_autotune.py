@@ -527,9 +527,12 @@ def test_an_explicit_lambda_or_stay_cuts_0_is_not_cut_at_a_stay_at_the_fit(tuner
 
 
 def test_no_stay_cut_after_a_hold():
-    """The hold set λ at the measured balance of the lowest-norm state that kept the fit."""
-    _, opt, closure, ev = _decay_wins_after_shrinking(30.0, 9.0, stay_cuts=3)
-    assert "held_norm" in ev
+    """The hold set λ at the measured balance of the lowest-norm state that kept the fit. λ
+    automatic (κ/η = 30 here, as the explicit λ of the hold tests), so only the gate stops the
+    cut."""
+    kw = dict(stay_cuts=3, weight_decay_auto=True, flat_rate=0.03)
+    _, opt, closure, ev = _decay_wins_after_shrinking(30.0, 9.0, **kw)
+    assert "held_norm" in ev and opt.tuner.weight_decay_auto
     held = opt.param_groups[0]["weight_decay"]
     assert _at_fit(opt, closure, range(90, 300, 10), [9.0] * 21) == []
     assert opt.param_groups[0]["weight_decay"] == held
